@@ -1,0 +1,6 @@
+//! Pure rules of the product: no I/O, no clock, no database. Everything here is tested exhaustively.
+
+pub mod names;
+pub mod org;
+pub mod routing;
+pub mod tree;

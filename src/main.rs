@@ -1,0 +1,252 @@
+//! The `apgate` command line: parse, load config, call into the library.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use apgate::admin::{self, UserSpec};
+use apgate::config::{Config, LogFormat};
+use apgate::db::{self, NewOrg};
+use apgate::domain::org::Role;
+use apgate::{demo, serve, vault};
+
+#[derive(Parser)]
+#[command(name = "apgate", version, about = "SFTP gateway of an Alternative Provision service")]
+struct Cli {
+    /// Config file (default config/apgate.yaml, or $APGATE_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs a complete gateway in a temporary folder on 127.0.0.1 with demo organisations and users.
+    Demo {
+        /// Port to listen on (another free port is chosen when it is taken).
+        #[arg(long, default_value_t = 2222)]
+        port: u16,
+        /// Folder to keep the demo in (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Writes keys/ (host key, age identity) and creates the database.
+    Init,
+    /// Runs the gateway.
+    Serve,
+    /// Organisations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// The audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    Add {
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        urn: Option<String>,
+        #[arg(long)]
+        ukprn: Option<String>,
+        #[arg(long)]
+        coordinator_email: Option<String>,
+        #[arg(long)]
+        dsl_email: Option<String>,
+    },
+    List,
+    Disable { slug: String },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    Add {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        username: String,
+        /// coordinator, dsl or admin (repeat for several).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// OpenSSH public key file (repeat for several).
+        #[arg(long = "key-file")]
+        key_files: Vec<PathBuf>,
+        /// Read a password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    List,
+    Disable { username: String },
+    KeyAdd { username: String, file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Checks the hash chain: exit 0 and a count when whole, non-zero and the first broken entry otherwise.
+    Verify,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Adds a new age identity for new files; old identities are kept for reading.
+    Rotate,
+}
+
+fn init_logging(config: Option<&Config>) {
+    use tracing_subscriber::EnvFilter;
+    let level = config.map(|c| c.log.level.clone()).unwrap_or_else(|| "info".into());
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},russh=warn,sqlx=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.is_some_and(|c| c.log.format == LogFormat::Json) {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\r', '\n']).to_string();
+    anyhow::ensure!(!pw.is_empty(), "no password on standard input");
+    Ok(pw)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<String> {
+    let config_path = Config::resolve_path(cli.config.as_deref());
+    if let Command::Demo { port, dir } = cli.command {
+        init_logging(None);
+        let dir = match dir {
+            Some(d) => d,
+            None => tempfile::Builder::new().prefix("apgate-demo-").tempdir()?.keep(),
+        };
+        let (config, users) = demo::prepare(&dir, port).await?;
+        println!("{}", demo::instructions(&dir, &config, &users));
+        serve::serve(config).await?;
+        return Ok(String::new());
+    }
+    let config = Config::load(&config_path)?;
+    match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Serve => {
+            init_logging(Some(&config));
+            serve::serve(config).await?;
+            Ok(String::new())
+        }
+        Command::Init => {
+            vault::keys::init(&config.keys_dir)?;
+            db::open(&config.database.url).await?;
+            Ok(format!(
+                "keys in {}; database {}",
+                config.keys_dir.display(),
+                db::redact_url(&config.database.url)
+            ))
+        }
+        Command::Keys(KeysCommand::Rotate) => {
+            let recipient = vault::keys::rotate(&config.keys_dir)?;
+            let db = db::open(&config.database.url).await?;
+            db.audit(&apgate::audit::AuditEntry::admin("keys rotate", recipient.to_string()))
+                .await?;
+            Ok(format!(
+                "new age identity {recipient} encrypts new files from the next start of serve; old identities stay for reading"
+            ))
+        }
+        command => {
+            let db = db::open(&config.database.url).await?;
+            admin_command(&db, command).await
+        }
+    }
+}
+
+async fn admin_command(db: &db::Db, command: Command) -> anyhow::Result<String> {
+    match command {
+        Command::Org(OrgCommand::Add {
+            kind,
+            slug,
+            name,
+            urn,
+            ukprn,
+            coordinator_email,
+            dsl_email,
+        }) => {
+            let org = NewOrg {
+                slug,
+                kind: admin::parse_kind(&kind)?,
+                name,
+                urn,
+                ukprn,
+                coordinator_email,
+                dsl_email,
+            };
+            admin::org_add(db, org).await
+        }
+        Command::Org(OrgCommand::List) => admin::org_list(db).await,
+        Command::Org(OrgCommand::Disable { slug }) => admin::org_disable(db, &slug).await,
+        Command::User(UserCommand::Add {
+            org,
+            username,
+            roles,
+            key_files,
+            password_stdin,
+        }) => {
+            let roles = roles
+                .iter()
+                .map(|r| r.parse::<Role>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(anyhow::Error::msg)?;
+            let password = password_stdin.then(read_password).transpose()?;
+            let spec = UserSpec {
+                org: &org,
+                username: &username,
+                roles,
+                key_files: key_files.iter().map(PathBuf::as_path).collect::<Vec<&Path>>(),
+                password,
+            };
+            admin::user_add(db, spec).await
+        }
+        Command::User(UserCommand::List) => admin::user_list(db).await,
+        Command::User(UserCommand::Disable { username }) => {
+            admin::user_disable(db, &username).await
+        }
+        Command::User(UserCommand::KeyAdd { username, file }) => {
+            admin::user_key_add(db, &username, &file).await
+        }
+        Command::Audit(AuditCommand::Verify) => admin::audit_verify(db).await,
+        _ => anyhow::bail!("unexpected command"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{}", out.trim_end());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

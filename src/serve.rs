@@ -1,0 +1,128 @@
+//! `apgate serve`: opens everything, then runs the SFTP listener and the background tasks.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::db;
+use crate::gateway::Gateway;
+use crate::sftp::guard::Guard;
+use crate::sftp::ssh;
+use crate::vault::{Vault, keys};
+
+/// Blobs in the store that no database row names and that are older than this are leftovers of
+/// a crash between storing and committing (younger ones may be another node's commit in flight).
+const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+pub async fn open_gateway(config: Config) -> anyhow::Result<(Arc<Gateway>, keys::Keys)> {
+    let keys = keys::init(&config.keys_dir)?;
+    let db = db::open(&config.database.url).await?;
+    let vault = Vault::open(&config.data_dir, &keys, &config.escrow_recipients)?;
+    let guard = Guard::new(config.limits.clone());
+    Ok((
+        Arc::new(Gateway {
+            config,
+            db,
+            vault,
+            guard,
+        }),
+        keys,
+    ))
+}
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let (gw, keys) = open_gateway(config).await?;
+    let cleaned = gw.vault.clean_spool()?;
+    if cleaned > 0 {
+        tracing::info!("removed {cleaned} uncommitted upload(s) left in the spool");
+    }
+    remove_orphan_blobs(&gw).await?;
+    let russh_config = Arc::new(ssh::russh_config(&gw, &keys));
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!("apgate listening on {}", listener.local_addr()?);
+
+    tokio::spawn(end_disabled_sessions(gw.clone()));
+    let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config, listener));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    accept.abort();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Disabling a user or organisation (from the command line, in another process) ends its live
+/// sessions: checked every two seconds.
+async fn end_disabled_sessions(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        gw.guard.prune();
+        let ids = match gw.db.inactive_user_ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("cannot check for disabled users: {e:#}");
+                continue;
+            }
+        };
+        for handle in gw.guard.sessions_of(&ids) {
+            tracing::info!("ending a session of a disabled user or organisation");
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "account disabled".into(),
+                    "en".into(),
+                )
+                .await;
+        }
+    }
+}
+
+async fn remove_orphan_blobs(gw: &Gateway) -> anyhow::Result<()> {
+    let known: std::collections::HashSet<String> = gw.db.blob_names().await?.into_iter().collect();
+    let store = gw.config.store_dir();
+    let Ok(shards) = std::fs::read_dir(&store) else {
+        return Ok(());
+    };
+    for shard in shards.flatten() {
+        let Ok(files) = std::fs::read_dir(shard.path()) else {
+            continue;
+        };
+        for f in files.flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            let Some(blob) = name.strip_suffix(".age") else {
+                continue;
+            };
+            let old = f
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_some_and(|age| age > ORPHAN_AGE);
+            if !known.contains(blob) && old {
+                tracing::warn!("removing orphan blob {name} (stored but never committed)");
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+    Ok(())
+}

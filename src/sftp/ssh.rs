@@ -1,0 +1,556 @@
+//! The SSH server on russh: hardened algorithms, the accept loop with per-address throttling,
+//! authentication (every request decided on its own user, key or password), and the bridge from
+//! an SSH channel to an [`SftpSession`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet, Preferred};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use super::guard::SessionTicket;
+use super::protocol::{self as p, StatusCode};
+use super::session::SftpSession;
+use crate::audit::AuditEntry;
+use crate::db::LoginUser;
+use crate::gateway::{Gateway, Principal};
+use crate::vault::keys::Keys;
+
+/// Bytes of client requests held between the SSH channel and the SFTP session. The drain task
+/// never blocks on this queue (that is what prevents the russh channel-queue deadlock); a client
+/// that overruns it is disconnected.
+const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
+
+/// A valid argon2id hash of a random password: verified against when the user is unknown or has
+/// no password, so that every password attempt costs the same.
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aG3Qb7BfEvvZ5CTP2zFi0PZx+nO/5W5m8Qq1Xk3Zl4";
+
+pub fn russh_config(gw: &Gateway, keys: &Keys) -> russh::server::Config {
+    let limits = &gw.config.limits;
+    let ssh = &gw.config.ssh;
+    let mut kex = vec![russh::kex::MLKEM768X25519_SHA256];
+    if !ssh.pq_only {
+        kex.extend([russh::kex::CURVE25519, russh::kex::CURVE25519_PRE_RFC_8731]);
+    }
+    kex.extend([
+        russh::kex::EXTENSION_SUPPORT_AS_SERVER,
+        russh::kex::EXTENSION_OPENSSH_STRICT_KEX_AS_SERVER,
+    ]);
+    let mut mac = vec![russh::mac::HMAC_SHA512_ETM, russh::mac::HMAC_SHA256_ETM];
+    if ssh.compat_macs {
+        mac.extend([russh::mac::HMAC_SHA512, russh::mac::HMAC_SHA256]);
+    }
+    russh::server::Config {
+        server_id: russh::SshId::Standard(Cow::Borrowed("SSH-2.0-apgate")),
+        methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
+        auth_rejection_time: Duration::from_millis(400),
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys: vec![keys.host_key.clone()],
+        window_size: 2 * 1024 * 1024,
+        maximum_packet_size: 65_535,
+        max_auth_attempts: (limits.auth_attempts as usize) * 4 + 4,
+        inactivity_timeout: Some(Duration::from_secs(limits.idle_timeout_s)),
+        keepalive_interval: Some(Duration::from_secs(limits.idle_timeout_s.clamp(5, 60))),
+        keepalive_max: 3,
+        nodelay: true,
+        preferred: Preferred {
+            kex: Cow::Owned(kex),
+            key: Cow::Owned(vec![
+                Algorithm::Ed25519,
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP256,
+                },
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP384,
+                },
+                Algorithm::Ecdsa {
+                    curve: EcdsaCurve::NistP521,
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha512),
+                },
+                Algorithm::Rsa {
+                    hash: Some(HashAlg::Sha256),
+                },
+            ]),
+            host_key_certificates: Cow::Borrowed(&[]),
+            cipher: Cow::Owned(vec![
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_128_CTR,
+            ]),
+            mac: Cow::Owned(mac),
+            compression: Cow::Owned(vec![russh::compression::NONE]),
+        },
+        ..Default::default()
+    }
+}
+
+/// Accepts connections until the listener fails; each connection runs in its own task.
+pub async fn accept_loop(
+    gw: Arc<Gateway>,
+    config: Arc<russh::server::Config>,
+    listener: TcpListener,
+) -> anyhow::Result<()> {
+    loop {
+        let (socket, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if !gw.guard.admit_connection(peer.ip()) {
+            tracing::debug!(address = %peer.ip(), "connection refused: banned or too frequent");
+            drop(socket);
+            continue;
+        }
+        let _ = socket.set_nodelay(true);
+        let gw = gw.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let handler = Connection::new(gw, peer);
+            match russh::server::run_stream(config, socket, handler).await {
+                Ok(session) => {
+                    if let Err(e) = session.await {
+                        log_session_end(peer, &e);
+                    }
+                }
+                Err(e) => log_session_end(peer, &e),
+            }
+        });
+    }
+}
+
+/// Logs how a connection ended; a failed negotiation names what the client offered and the
+/// config switch that would admit it.
+fn log_session_end(peer: SocketAddr, e: &anyhow::Error) {
+    let text = format!("{e:#}");
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("no common") || lower.contains("negotiat") {
+        let hint = if lower.contains("mac") {
+            " (a client on libssh2 < 1.11 needs `ssh.compat_macs: true`)"
+        } else if lower.contains("kex") {
+            " (a client without mlkem768x25519-sha256 needs `ssh.pq_only: false`)"
+        } else {
+            ""
+        };
+        tracing::warn!(address = %peer.ip(), "client could not negotiate algorithms: {text}{hint}");
+    } else {
+        tracing::debug!(address = %peer.ip(), "connection ended: {text}");
+    }
+}
+
+/// One SSH connection.
+pub struct Connection {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    failures: u32,
+    principal: Option<Principal>,
+    ticket: Option<SessionTicket>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    sftp_started: bool,
+}
+
+enum Credential<'a> {
+    Key(&'a PublicKey),
+    /// A key signature with SHA-1 (`ssh-rsa`): refused like a wrong key.
+    WeakSignature,
+    Password(&'a str),
+}
+
+fn key_matches(user: &LoginUser, offered: &PublicKey) -> bool {
+    user.keys.iter().any(|line| {
+        PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == offered.key_data())
+    })
+}
+
+fn password_matches(hash: Option<&str>, password: &str) -> bool {
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    let (hash, real) = match hash {
+        Some(h) => (h, true),
+        None => (DUMMY_HASH, false),
+    };
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok()
+        && real
+}
+
+impl Connection {
+    fn new(gw: Arc<Gateway>, peer: SocketAddr) -> Self {
+        Connection {
+            gw,
+            peer,
+            failures: 0,
+            principal: None,
+            ticket: None,
+            channels: HashMap::new(),
+            sftp_started: false,
+        }
+    }
+
+    fn methods_left(&self) -> Option<MethodSet> {
+        (self.failures < self.gw.config.limits.auth_attempts)
+            .then(|| MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]))
+    }
+
+    fn reject(&self) -> Auth {
+        Auth::Reject {
+            proceed_with_methods: self.methods_left(),
+            partial_success: false,
+        }
+    }
+
+    /// The single authentication decision: every method ends here, with the same checks.
+    async fn decide(&mut self, username: &str, cred: Credential<'_>) -> anyhow::Result<Auth> {
+        let ip = self.peer.ip();
+        let method = match cred {
+            Credential::Key(_) | Credential::WeakSignature => "publickey",
+            Credential::Password(_) => "password",
+        };
+        let user = self.gw.db.login_user(username).await?;
+        let verified = match cred {
+            Credential::Key(k) => user.as_ref().is_some_and(|u| key_matches(u, k)),
+            Credential::WeakSignature => false,
+            Credential::Password(pw) => {
+                let hash = user.as_ref().and_then(|u| u.password_hash.clone());
+                let pw = pw.to_string();
+                tokio::task::spawn_blocking(move || password_matches(hash.as_deref(), &pw))
+                    .await
+                    .unwrap_or(false)
+            }
+        };
+        let banned = self.gw.guard.is_banned(ip, username);
+        let outcome = match &user {
+            _ if banned => Err("temporarily banned after repeated failures"),
+            None => Err("unknown user"),
+            Some(_) if !verified => Err("wrong credentials"),
+            Some(u) if !u.active() => Err("account or organisation disabled"),
+            Some(u) => match self.gw.guard.open_session(u.user_id) {
+                Some(ticket) => Ok((u.clone(), ticket)),
+                None => Err("too many sessions for this user"),
+            },
+        };
+        match outcome {
+            Ok((u, ticket)) => {
+                self.gw.guard.record_success(username);
+                let principal = Principal {
+                    user_id: u.user_id,
+                    username: u.username.clone(),
+                    org: u.org.clone(),
+                    roles: u.roles.clone(),
+                    address: ip.to_string(),
+                };
+                self.gw
+                    .db
+                    .audit(&principal.audit("login", "ok").detail(method))
+                    .await?;
+                tracing::info!(user = %u.username, org = %u.org.slug, address = %ip, method, "login");
+                self.principal = Some(principal);
+                self.ticket = Some(ticket);
+                Ok(Auth::Accept)
+            }
+            Err(reason) => {
+                self.failures += 1;
+                let newly_banned = self.gw.guard.record_failure(ip, username);
+                // One line per failure, with the address: what fail2ban reads.
+                tracing::warn!(
+                    "authentication failure for {} from {ip} ({method}): {reason}",
+                    sanitize(username)
+                );
+                if newly_banned {
+                    tracing::warn!("banned {ip} or user {} for repeated failures", sanitize(username));
+                }
+                let entry = AuditEntry::new("login", "failed")
+                    .by(&sanitize(username), "", &ip.to_string())
+                    .detail(format!("{method}: {reason}"));
+                self.gw.db.audit(&entry).await?;
+                Ok(self.reject())
+            }
+        }
+    }
+
+    async fn start_sftp(&mut self, channel_id: ChannelId) -> bool {
+        let (Some(principal), Some(channel)) =
+            (self.principal.clone(), self.channels.remove(&channel_id))
+        else {
+            return false;
+        };
+        if self.sftp_started {
+            return false;
+        }
+        self.sftp_started = true;
+        let session = SftpSession::new(self.gw.clone(), principal);
+        tokio::spawn(run_sftp(channel, session));
+        true
+    }
+}
+
+/// Usernames come from the network: keep log lines one line and short.
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .take(64)
+        .map(|c| if c.is_control() || c.is_whitespace() { '?' } else { c })
+        .collect()
+}
+
+impl russh::server::Handler for Connection {
+    type Error = anyhow::Error;
+
+    async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        let banner = &self.gw.config.banner;
+        Ok((!banner.is_empty()).then(|| format!("{banner}\r\n")))
+    }
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(self.reject())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        // Only a probe: nothing is decided or remembered here; the signed request is checked
+        // again in full by `decide`.
+        let known = self
+            .gw
+            .db
+            .login_user(user)
+            .await?
+            .is_some_and(|u| key_matches(&u, offer.public_key));
+        Ok(if known {
+            Auth::Accept
+        } else {
+            Auth::Reject {
+                proceed_with_methods: self.methods_left(),
+                partial_success: false,
+            }
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if matches!(key.algorithm, Algorithm::Rsa { hash: None }) {
+            // ssh-rsa signs with SHA-1: refused like any wrong key.
+            return self.decide(user, Credential::WeakSignature).await;
+        }
+        self.decide(user, Credential::Key(key.public_key)).await
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        self.decide(user, Credential::Password(password)).await
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        if let Some(t) = &self.ticket {
+            t.attach(session.handle());
+        }
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.principal.is_none() || self.channels.len() >= 4 {
+            return Ok(());
+        }
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name == "sftp" && self.start_sftp(channel).await {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.extended_data(
+            channel,
+            1,
+            Bytes::from_static(b"apgate: only the sftp subsystem is available (scp uses it by default)\r\n"),
+        )?;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.extended_data(
+            channel,
+            1,
+            Bytes::from_static(b"apgate: no shell; connect with sftp\r\n"),
+        )?;
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        _address: &str,
+        _port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        Ok(false)
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.channels.remove(&channel).is_some() {
+            session.close(channel)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the SFTP protocol on a channel. A separate task drains the channel into a bounded
+/// buffer at all times, so russh's session loop is never blocked delivering data to us while
+/// we wait for window space to reply (the deadlock described in ARCHITECTURE.md).
+async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
+    let (mut read_half, write_half) = channel.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let queued_in = queued.clone();
+    let drain = tokio::spawn(async move {
+        while let Some(msg) = read_half.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => {
+                    let n = data.len();
+                    if queued_in.fetch_add(n, Ordering::AcqRel) + n > INBOUND_LIMIT {
+                        tracing::warn!("client sent requests faster than allowed; disconnecting");
+                        break;
+                    }
+                    if tx.send(Bytes::copy_from_slice(&data)).is_err() {
+                        break;
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+    });
+
+    let result = serve_requests(&mut session, &mut rx, &queued, &write_half).await;
+    if let Err(e) = &result {
+        tracing::debug!("sftp session ended: {e:#}");
+    }
+    session.end().await;
+    drain.abort();
+    // scp waits for an exit status before it reports success.
+    let _ = write_half.exit_status(0).await;
+    let _ = write_half.eof().await;
+    let _ = write_half.close().await;
+}
+
+async fn serve_requests<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(
+    session: &mut SftpSession,
+    rx: &mut mpsc::UnboundedReceiver<Bytes>,
+    queued: &AtomicUsize,
+    out: &russh::ChannelWriteHalf<S>,
+) -> anyhow::Result<()> {
+    let mut buf = BytesMut::with_capacity(512 * 1024);
+    let mut initialised = false;
+    loop {
+        let packet = loop {
+            match p::next_packet(&mut buf) {
+                Ok(Some(packet)) => break packet,
+                Ok(None) => {}
+                Err(_) => anyhow::bail!("malformed or oversized SFTP packet"),
+            }
+            let Some(chunk) = rx.recv().await else {
+                return Ok(());
+            };
+            queued.fetch_sub(chunk.len(), Ordering::AcqRel);
+            buf.extend_from_slice(&chunk);
+        };
+        let reply = if !initialised {
+            let version = p::parse_init(&packet).map_err(|_| anyhow::anyhow!("expected SFTP INIT"))?;
+            tracing::debug!(client_version = version, "sftp init");
+            initialised = true;
+            p::version_reply()
+        } else {
+            match p::parse_request(packet.clone()) {
+                Ok(req) => session.handle(req).await,
+                Err(_) => {
+                    let id = if packet.len() >= 5 {
+                        u32::from_be_bytes([packet[1], packet[2], packet[3], packet[4]])
+                    } else {
+                        0
+                    };
+                    p::status(id, StatusCode::BadMessage, "malformed request")
+                }
+            }
+        };
+        out.data_bytes(reply)
+            .await
+            .context("cannot send reply to the client")?;
+    }
+}
