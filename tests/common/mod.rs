@@ -1,0 +1,324 @@
+//! A real gateway for integration tests: `apgate serve` on 127.0.0.1 on a free port, seeded
+//! with the real CLI, driven with the real OpenSSH `sftp` and `scp`.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_apgate");
+
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+    extra_config: String,
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            ok: o.status.success(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl Gateway {
+    /// A gateway with the hub `cap`, schools `school-a` and `school-b`, providers `prov-a` and
+    /// `prov-b`, and one user with both roles per organisation (`<slug>-user`).
+    pub fn start() -> Gateway {
+        Self::start_with("")
+    }
+
+    /// As [`Gateway::start`], with extra YAML appended to the config.
+    pub fn start_with(extra_config: &str) -> Gateway {
+        let g = Self::configured(extra_config);
+        g.cli_ok(&["init"]);
+        for (slug, kind) in [
+            ("cap", "hub"),
+            ("school-a", "school"),
+            ("school-b", "school"),
+            ("prov-a", "provider"),
+            ("prov-b", "provider"),
+        ] {
+            g.cli_ok(&[
+                "org", "add", "--kind", kind, "--slug", slug, "--name", &format!("Org {slug}"),
+                "--coordinator-email", &format!("coord@{slug}.example.org"),
+            ]);
+            g.add_user(&format!("{slug}-user"), slug, &["coordinator", "dsl"]);
+        }
+        g.spawn()
+    }
+
+    /// Only the config: nothing seeded, nothing running.
+    pub fn configured(extra_config: &str) -> Gateway {
+        let dir = tempfile::Builder::new()
+            .prefix("apgate-test-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let config = dir.path().join("apgate.yaml");
+        std::fs::create_dir_all(dir.path().join("clients")).expect("clients dir");
+        let yaml = format!(
+            "listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\n\
+             limits: {{ connections_per_second: 200, ban_after_failures: 50 }}\n{extra_config}\n"
+        );
+        std::fs::write(&config, yaml).expect("write config");
+        Gateway {
+            dir,
+            port,
+            config,
+            child: None,
+            extra_config: extra_config.to_string(),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn spawn(mut self) -> Gateway {
+        self.start_server();
+        self
+    }
+
+    pub fn start_server(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("serve.log"))
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["--config", self.config.to_str().unwrap_or_default(), "serve"])
+            .env("RUST_LOG", "info,apgate=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start apgate serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("apgate serve exited with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "apgate serve did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop_server(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Run {
+        self.cli_stdin(args, "")
+    }
+
+    pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        use std::io::Write;
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run apgate");
+        if let Some(mut s) = child.stdin.take() {
+            let _ = s.write_all(stdin.as_bytes());
+        }
+        Run::from(child.wait_with_output().expect("apgate output"))
+    }
+
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let r = self.cli(args);
+        assert!(r.ok, "apgate {args:?} failed:\n{}", r.all());
+        r.stdout
+    }
+
+    /// Creates a key pair with `ssh-keygen` and a user with it.
+    pub fn add_user(&self, username: &str, org: &str, roles: &[&str]) {
+        let key = self.key_path(username);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", username, "-f"])
+            .arg(&key)
+            .status()
+            .expect("ssh-keygen");
+        assert!(st.success());
+        let pubkey = format!("{}.pub", key.display());
+        let mut args = vec!["user", "add", "--org", org, "--username", username];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        args.extend(["--key-file", &pubkey]);
+        self.cli_ok(&args);
+    }
+
+    pub fn key_path(&self, username: &str) -> PathBuf {
+        self.path("clients").join(username)
+    }
+
+    fn ssh_options(&self) -> Vec<String> {
+        [
+            "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes",
+            "-o", "StrictHostKeyChecking=no",
+            "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=10",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-o".to_string(),
+            format!("UserKnownHostsFile={}", self.path("known_hosts").display()),
+        ])
+        .collect()
+    }
+
+    pub fn sftp_command(&self, user: &str, extra: &[&str]) -> Command {
+        let mut c = Command::new("sftp");
+        c.args(self.ssh_options())
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-i")
+            .arg(self.key_path(user))
+            .args(extra)
+            .arg(format!("{user}@127.0.0.1"));
+        c
+    }
+
+    /// Runs an `sftp -b` batch as `user`. A line starting with `-` may fail without ending it.
+    pub fn sftp(&self, user: &str, batch: &str) -> Run {
+        self.sftp_with(user, batch, &[])
+    }
+
+    pub fn sftp_with(&self, user: &str, batch: &str, extra: &[&str]) -> Run {
+        let file = self.path(&format!("batch-{}", rand_suffix()));
+        std::fs::write(&file, batch).expect("batch file");
+        let file = file.display().to_string();
+        let mut args = vec!["-b", file.as_str()];
+        args.extend_from_slice(extra);
+        let out = self.sftp_command(user, &args).output().expect("run sftp");
+        Run::from(out)
+    }
+
+    pub fn sftp_ok(&self, user: &str, batch: &str) -> String {
+        let r = self.sftp(user, batch);
+        assert!(r.ok, "sftp as {user} failed:\n{batch}\n---\n{}", r.all());
+        r.stdout
+    }
+
+    pub fn scp(&self, user: &str, args: &[&str]) -> Run {
+        let out = Command::new("scp")
+            .args(self.ssh_options())
+            .arg("-P")
+            .arg(self.port.to_string())
+            .arg("-i")
+            .arg(self.key_path(user))
+            .args(args)
+            .output()
+            .expect("run scp");
+        Run::from(out)
+    }
+
+    /// A local file with the given content, for uploads.
+    pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.path("files").join(name);
+        std::fs::create_dir_all(p.parent().unwrap_or(Path::new("."))).expect("files dir");
+        std::fs::write(&p, content).expect("write file");
+        p
+    }
+
+    /// Every stored blob.
+    pub fn stored_blobs(&self) -> Vec<PathBuf> {
+        walk(&self.path("data/store"))
+    }
+
+    pub fn sqlite(&self, sql: &str) -> String {
+        let out = Command::new("sqlite3")
+            .arg(self.path("data/apgate.db"))
+            .arg(sql)
+            .output()
+            .expect("sqlite3");
+        assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Deterministic pseudo-random bytes (content that compresses badly and is easy to compare).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
