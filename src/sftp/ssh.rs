@@ -139,6 +139,10 @@ pub async fn accept_loop(
 /// Logs how a connection ended; a failed negotiation names what the client offered and the
 /// config switch that would admit it.
 fn log_session_end(peer: SocketAddr, e: &anyhow::Error) {
+    if matches!(e.downcast_ref::<russh::Error>(), Some(russh::Error::InactivityTimeout)) {
+        tracing::info!(address = %peer.ip(), "connection closed after the idle timeout");
+        return;
+    }
     let text = format!("{e:#}");
     let lower = text.to_ascii_lowercase();
     if lower.contains("no common") || lower.contains("negotiat") {

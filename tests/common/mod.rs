@@ -81,9 +81,14 @@ impl Gateway {
         let port = free_port();
         let config = dir.path().join("apgate.yaml");
         std::fs::create_dir_all(dir.path().join("clients")).expect("clients dir");
+        // Tests connect often from one address: relax throttling unless a test sets limits.
+        let limits = if extra_config.contains("limits:") {
+            ""
+        } else {
+            "limits: { connections_per_second: 200, ban_after_failures: 50 }\n"
+        };
         let yaml = format!(
-            "listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\n\
-             limits: {{ connections_per_second: 200, ban_after_failures: 50 }}\n{extra_config}\n"
+            "listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\n{limits}{extra_config}\n"
         );
         std::fs::write(&config, yaml).expect("write config");
         Gateway {
