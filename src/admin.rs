@@ -9,11 +9,15 @@ use russh::keys::{Algorithm, HashAlg, PublicKey};
 
 use crate::audit::{AuditEntry, verify_chain};
 use crate::db::{Db, NewOrg, NewUser};
-use crate::domain::org::{OrgKind, Role, format_roles, validate_roles, validate_slug, validate_username};
+use crate::domain::org::{
+    OrgKind, Role, format_roles, validate_roles, validate_slug, validate_username,
+};
 
 fn check_email(key: &str, v: &Option<String>) -> anyhow::Result<()> {
     if let Some(e) = v {
-        let ok = e.split_once('@').is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+        let ok = e
+            .split_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
             && !e.contains(char::is_whitespace);
         if !ok {
             bail!("{key} `{e}` is not an email address");
@@ -29,11 +33,15 @@ pub async fn org_add(db: &Db, org: NewOrg) -> anyhow::Result<String> {
     check_email("--dsl-email", &org.dsl_email)?;
     let entry = AuditEntry::admin("org add", format!("{} ({})", org.slug, org.kind));
     let created = db.add_org(&org, &entry).await?;
-    Ok(format!("added {} {} ({})", created.kind, created.slug, created.name))
+    Ok(format!(
+        "added {} {} ({})",
+        created.kind, created.slug, created.name
+    ))
 }
 
 pub async fn org_list(db: &Db) -> anyhow::Result<String> {
-    let mut out = String::from("slug\tkind\tname\turn\tukprn\tcoordinator_email\tdsl_email\tstatus\n");
+    let mut out =
+        String::from("slug\tkind\tname\turn\tukprn\tcoordinator_email\tdsl_email\tstatus\n");
     for o in db.orgs().await? {
         let _ = writeln!(
             out,
@@ -54,7 +62,9 @@ pub async fn org_list(db: &Db) -> anyhow::Result<String> {
 pub async fn org_disable(db: &Db, slug: &str) -> anyhow::Result<String> {
     let entry = AuditEntry::admin("org disable", slug);
     if db.disable_org(slug, &entry).await? {
-        Ok(format!("disabled {slug}; its live sessions end within seconds"))
+        Ok(format!(
+            "disabled {slug}; its live sessions end within seconds"
+        ))
     } else {
         bail!("no organisation with slug `{slug}`")
     }
@@ -74,7 +84,10 @@ pub fn read_public_key(path: &Path) -> anyhow::Result<(String, String)> {
     match key.algorithm() {
         Algorithm::Ed25519 | Algorithm::Ecdsa { .. } => {}
         Algorithm::Rsa { .. } => {
-            let bits = key.key_data().rsa().map(|k| k.n().as_positive_bytes().map_or(0, |b| b.len() * 8));
+            let bits = key
+                .key_data()
+                .rsa()
+                .map(|k| k.n().as_positive_bytes().map_or(0, |b| b.len() * 8));
             if bits.is_some_and(|b| b < 2048) {
                 bail!("{}: RSA keys must have at least 2048 bits", path.display());
             }
@@ -145,7 +158,10 @@ pub async fn user_add(db: &Db, spec: UserSpec<'_>) -> anyhow::Result<String> {
         keys,
     };
     db.add_user(&new, &entry).await?;
-    Ok(format!("added user {} to {} ({roles})", spec.username, spec.org))
+    Ok(format!(
+        "added user {} to {} ({roles})",
+        spec.username, spec.org
+    ))
 }
 
 pub async fn user_list(db: &Db) -> anyhow::Result<String> {
@@ -168,7 +184,9 @@ pub async fn user_list(db: &Db) -> anyhow::Result<String> {
 pub async fn user_disable(db: &Db, username: &str) -> anyhow::Result<String> {
     let entry = AuditEntry::admin("user disable", username);
     if db.disable_user(username, &entry).await? {
-        Ok(format!("disabled {username}; live sessions end within seconds"))
+        Ok(format!(
+            "disabled {username}; live sessions end within seconds"
+        ))
     } else {
         bail!("no user named `{username}`")
     }

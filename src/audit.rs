@@ -103,7 +103,11 @@ pub fn verify_chain(
         if r.seq != prev_seq + 1 {
             return Err(ChainBreak {
                 seq: prev_seq + 1,
-                reason: format!("entry {} is missing (next entry is {})", prev_seq + 1, r.seq),
+                reason: format!(
+                    "entry {} is missing (next entry is {})",
+                    prev_seq + 1,
+                    r.seq
+                ),
             });
         }
         if r.prev_hash != prev_hash {
@@ -149,7 +153,13 @@ mod tests {
                 let entry = AuditEntry::new("login", "ok").by(&format!("u{seq}"), "s", "127.0.0.1");
                 let at = format!("2026-11-28T10:00:{seq:02}Z");
                 let hash = entry_hash(seq, &at, &entry, &prev);
-                let r = AuditRecord { seq, at, entry, prev_hash: prev.clone(), hash: hash.clone() };
+                let r = AuditRecord {
+                    seq,
+                    at,
+                    entry,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
                 prev = hash;
                 r
             })
@@ -186,8 +196,12 @@ mod tests {
         // Rewriting an entry and its hash still breaks the link from the next one.
         let mut rehashed = c.clone();
         rehashed[1].entry.detail = "forged".into();
-        rehashed[1].hash =
-            entry_hash(2, &rehashed[1].at, &rehashed[1].entry, &rehashed[1].prev_hash);
+        rehashed[1].hash = entry_hash(
+            2,
+            &rehashed[1].at,
+            &rehashed[1].entry,
+            &rehashed[1].prev_hash,
+        );
         assert_eq!(verify_chain(rehashed, h).unwrap_err().seq, 3);
     }
 }

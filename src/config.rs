@@ -30,7 +30,7 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://FILE` or `postgres://…`; empty means `sqlite://<data_dir>/apgate.db`.
@@ -111,7 +111,7 @@ pub struct Limits {
     pub handles_per_session: u32,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SshConfig {
     pub pq_only: bool,
@@ -138,7 +138,7 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             data_dir: PathBuf::from("./data"),
             keys_dir: PathBuf::from("./keys"),
-            database: DatabaseConfig { url: String::new() },
+            database: DatabaseConfig::default(),
             mail: MailConfig::default(),
             retention_days: 90,
             escrow_recipients: Vec::new(),
@@ -148,12 +148,6 @@ impl Default for Config {
             ssh: SshConfig::default(),
             log: LogConfig::default(),
         }
-    }
-}
-
-impl Default for DatabaseConfig {
-    fn default() -> Self {
-        DatabaseConfig { url: String::new() }
     }
 }
 
@@ -198,15 +192,6 @@ impl Default for Limits {
     }
 }
 
-impl Default for SshConfig {
-    fn default() -> Self {
-        SshConfig {
-            pq_only: false,
-            compat_macs: false,
-        }
-    }
-}
-
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -232,9 +217,7 @@ fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 
 pub fn parse_byte_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
@@ -336,8 +319,14 @@ impl Config {
             ("limits.idle_timeout_s", l.idle_timeout_s),
             ("limits.auth_attempts", u64::from(l.auth_attempts)),
             ("limits.ban_after_failures", u64::from(l.ban_after_failures)),
-            ("limits.connections_per_second", u64::from(l.connections_per_second)),
-            ("limits.handles_per_session", u64::from(l.handles_per_session)),
+            (
+                "limits.connections_per_second",
+                u64::from(l.connections_per_second),
+            ),
+            (
+                "limits.handles_per_session",
+                u64::from(l.handles_per_session),
+            ),
         ] {
             if v == 0 {
                 bail!("key `{key}`: must be greater than 0");
@@ -355,8 +344,7 @@ impl Config {
             })?;
         }
         for (i, d) in self.drop_dirs.iter().enumerate() {
-            validate_slug(&d.org)
-                .map_err(|e| anyhow::anyhow!("key `drop_dirs[{i}].org`: {e}"))?;
+            validate_slug(&d.org).map_err(|e| anyhow::anyhow!("key `drop_dirs[{i}].org`: {e}"))?;
             if IngestKind::parse(&d.kind).is_none() {
                 bail!(
                     "key `drop_dirs[{i}].kind`: `{}` is not one of register, absences, referral, withdrawal, roster",
@@ -368,7 +356,10 @@ impl Config {
             bail!("key `banner`: at most 2000 characters");
         }
         if !self.mail.from.contains('@') {
-            bail!("key `mail.from`: `{}` is not an email address", self.mail.from);
+            bail!(
+                "key `mail.from`: `{}` is not an email address",
+                self.mail.from
+            );
         }
         Ok(())
     }
@@ -401,7 +392,10 @@ fn apply_env_overrides(
         let mut node = &mut *tree;
         for (i, part) in path.iter().enumerate() {
             let serde_json::Value::Object(map) = node else {
-                bail!("environment variable {name}: `{}` is not a section", path[..i].join("."));
+                bail!(
+                    "environment variable {name}: `{}` is not a section",
+                    path[..i].join(".")
+                );
             };
             if i + 1 == path.len() {
                 map.insert(part.clone(), parsed.clone());
@@ -456,15 +450,27 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = format!("{:#}", load("limits: { sessions_per_user: many }\n", &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("limits: { sessions_per_user: many }\n", &[]).unwrap_err()
+        );
         assert!(e.contains("limits.sessions_per_user"), "{e}");
         let e = format!("{:#}", load("limitz: {}\n", &[]).unwrap_err());
         assert!(e.contains("limitz"), "{e}");
-        let e = format!("{:#}", load("limits: { max_file_size: 2 parsecs }\n", &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("limits: { max_file_size: 2 parsecs }\n", &[]).unwrap_err()
+        );
         assert!(e.contains("limits.max_file_size"), "{e}");
-        let e = format!("{:#}", load("escrow_recipients: [nope]\n", &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("escrow_recipients: [nope]\n", &[]).unwrap_err()
+        );
         assert!(e.contains("escrow_recipients[0]"), "{e}");
-        let e = format!("{:#}", load("database: { url: mysql://x }\n", &[]).unwrap_err());
+        let e = format!(
+            "{:#}",
+            load("database: { url: mysql://x }\n", &[]).unwrap_err()
+        );
         assert!(e.contains("database.url"), "{e}");
     }
 

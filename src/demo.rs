@@ -26,9 +26,21 @@ const ORGS: [(&str, OrgKind, &str); 3] = [
 ];
 
 const USERS: [(&str, &str, &[Role]); 3] = [
-    ("cap-staff", "cap", &[Role::Coordinator, Role::Dsl, Role::Admin]),
-    ("school-user", "demo-school", &[Role::Coordinator, Role::Dsl]),
-    ("provider-user", "demo-provider", &[Role::Coordinator, Role::Dsl]),
+    (
+        "cap-staff",
+        "cap",
+        &[Role::Coordinator, Role::Dsl, Role::Admin],
+    ),
+    (
+        "school-user",
+        "demo-school",
+        &[Role::Coordinator, Role::Dsl],
+    ),
+    (
+        "provider-user",
+        "demo-provider",
+        &[Role::Coordinator, Role::Dsl],
+    ),
 ];
 
 fn write_key_pair(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -49,7 +61,10 @@ fn write_key_pair(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         .public_key()
         .to_openssh()
         .map_err(|e| anyhow::anyhow!("cannot encode key: {e}"))?;
-    std::fs::write(dir.join(format!("{name}.pub")), format!("{public} {name}\n"))?;
+    std::fs::write(
+        dir.join(format!("{name}.pub")),
+        format!("{public} {name}\n"),
+    )?;
     Ok(private)
 }
 

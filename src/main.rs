@@ -13,7 +13,11 @@ use apgate::domain::org::Role;
 use apgate::{demo, serve, vault};
 
 #[derive(Parser)]
-#[command(name = "apgate", version, about = "SFTP gateway of an Alternative Provision service")]
+#[command(
+    name = "apgate",
+    version,
+    about = "SFTP gateway of an Alternative Provision service"
+)]
 struct Cli {
     /// Config file (default config/apgate.yaml, or $APGATE_CONFIG).
     #[arg(long, global = true)]
@@ -70,7 +74,9 @@ enum OrgCommand {
         dsl_email: Option<String>,
     },
     List,
-    Disable { slug: String },
+    Disable {
+        slug: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -91,8 +97,13 @@ enum UserCommand {
         password_stdin: bool,
     },
     List,
-    Disable { username: String },
-    KeyAdd { username: String, file: PathBuf },
+    Disable {
+        username: String,
+    },
+    KeyAdd {
+        username: String,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -109,7 +120,9 @@ enum KeysCommand {
 
 fn init_logging(config: Option<&Config>) {
     use tracing_subscriber::EnvFilter;
-    let level = config.map(|c| c.log.level.clone()).unwrap_or_else(|| "info".into());
+    let level = config
+        .map(|c| c.log.level.clone())
+        .unwrap_or_else(|| "info".into());
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},russh=warn,sqlx=warn")));
     let builder = tracing_subscriber::fmt()
@@ -136,7 +149,10 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         init_logging(None);
         let dir = match dir {
             Some(d) => d,
-            None => tempfile::Builder::new().prefix("apgate-demo-").tempdir()?.keep(),
+            None => tempfile::Builder::new()
+                .prefix("apgate-demo-")
+                .tempdir()?
+                .keep(),
         };
         let (config, users) = demo::prepare(&dir, port).await?;
         println!("{}", demo::instructions(&dir, &config, &users));
@@ -163,8 +179,11 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Keys(KeysCommand::Rotate) => {
             let recipient = vault::keys::rotate(&config.keys_dir)?;
             let db = db::open(&config.database.url).await?;
-            db.audit(&apgate::audit::AuditEntry::admin("keys rotate", recipient.to_string()))
-                .await?;
+            db.audit(&apgate::audit::AuditEntry::admin(
+                "keys rotate",
+                recipient.to_string(),
+            ))
+            .await?;
             Ok(format!(
                 "new age identity {recipient} encrypts new files from the next start of serve; old identities stay for reading"
             ))
@@ -217,7 +236,10 @@ async fn admin_command(db: &db::Db, command: Command) -> anyhow::Result<String> 
                 org: &org,
                 username: &username,
                 roles,
-                key_files: key_files.iter().map(PathBuf::as_path).collect::<Vec<&Path>>(),
+                key_files: key_files
+                    .iter()
+                    .map(PathBuf::as_path)
+                    .collect::<Vec<&Path>>(),
                 password,
             };
             admin::user_add(db, spec).await

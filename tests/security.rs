@@ -15,11 +15,23 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
     let f = f.display();
     let got = g.path("got").display().to_string();
 
-    let root = g.sftp_ok("school-a-user", "cd /..\nls -1\ncd /inbox/../../..\nls -1\n");
+    let root = g.sftp_ok(
+        "school-a-user",
+        "cd /..\nls -1\ncd /inbox/../../..\nls -1\n",
+    );
     for line in root.lines().filter(|l| !l.starts_with("sftp>")) {
         assert!(
-            ["inbox", "outbox", "absences", "referrals", "withdrawals", "roster", "receipts", "reports"]
-                .contains(&line.trim()),
+            [
+                "inbox",
+                "outbox",
+                "absences",
+                "referrals",
+                "withdrawals",
+                "roster",
+                "receipts",
+                "reports"
+            ]
+            .contains(&line.trim()),
             "unexpected entry at the root: {line}"
         );
     }
@@ -56,12 +68,26 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
         .unwrap();
     assert!(!out.status.success());
     // Hard links are not offered (no hardlink@openssh.com).
-    g.sftp_ok("school-a-user", &format!("put {f} /outbox/coordinator/a.txt\n"));
-    let r = g.sftp("school-a-user", "ln /outbox/coordinator/a.txt /outbox/coordinator/b.txt\n");
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {f} /outbox/coordinator/a.txt\n"),
+    );
+    let r = g.sftp(
+        "school-a-user",
+        "ln /outbox/coordinator/a.txt /outbox/coordinator/b.txt\n",
+    );
     assert!(!r.ok);
 
-    assert_eq!(g.stored_blobs().len(), 1, "only the one legitimate upload is stored");
-    assert!(g.sftp_ok("school-b-user", "ls -1 /inbox\n").lines().all(|l| l.starts_with("sftp>")));
+    assert_eq!(
+        g.stored_blobs().len(),
+        1,
+        "only the one legitimate upload is stored"
+    );
+    assert!(
+        g.sftp_ok("school-b-user", "ls -1 /inbox\n")
+            .lines()
+            .all(|l| l.starts_with("sftp>"))
+    );
     assert!(!g.log().contains("panicked"));
 }
 
@@ -80,12 +106,24 @@ fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String, f64
     let start = Instant::now();
     let out = Command::new("sftp")
         .args([
-            "-o", "BatchMode=no", "-o", "PreferredAuthentications=password",
-            "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=1",
-            "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR",
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=1",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "LogLevel=ERROR",
         ])
         .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", g.path("known_hosts").display()))
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            g.path("known_hosts").display()
+        ))
         .arg("-P")
         .arg(g.port.to_string())
         .arg("-b")
@@ -109,12 +147,25 @@ fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String, f64
 fn password_and_key_authentication() {
     let g = Gateway::start();
     let r = g.cli_stdin(
-        &["user", "add", "--org", "school-a", "--username", "pw-user", "--role", "coordinator", "--password-stdin"],
+        &[
+            "user",
+            "add",
+            "--org",
+            "school-a",
+            "--username",
+            "pw-user",
+            "--role",
+            "coordinator",
+            "--password-stdin",
+        ],
         "correct horse battery staple\n",
     );
     assert!(r.ok, "{}", r.all());
     let stored = g.sqlite("SELECT password_hash FROM users WHERE username = 'pw-user'");
-    assert!(stored.starts_with("$argon2id$"), "argon2id, never clear: {stored}");
+    assert!(
+        stored.starts_with("$argon2id$"),
+        "argon2id, never clear: {stored}"
+    );
     assert!(!stored.contains("battery"));
 
     let (ok, text, _) = password_login(&g, "pw-user", "correct horse battery staple");
@@ -132,10 +183,16 @@ fn password_and_key_authentication() {
     );
     eprintln!("failed login: known user {t_known:.3}s, unknown user {t_unknown:.3}s");
     // Key authentication with a key of another user fails.
-    let r = g.sftp_command("pw-user", &["-b", "/dev/null"]).output().unwrap();
+    let r = g
+        .sftp_command("pw-user", &["-b", "/dev/null"])
+        .output()
+        .unwrap();
     assert!(!r.status.success());
     let audit = g.sqlite("SELECT outcome || ' ' || address FROM audit WHERE action = 'login'");
-    assert!(audit.contains("failed 127.0.0.1") && audit.contains("ok 127.0.0.1"), "{audit}");
+    assert!(
+        audit.contains("failed 127.0.0.1") && audit.contains("ok 127.0.0.1"),
+        "{audit}"
+    );
     // Each failure is one log line with the address (what fail2ban reads).
     let log = g.log();
     let failures: Vec<&str> = log
@@ -167,9 +224,19 @@ fn only_the_sftp_subsystem_exists() {
     let g = Gateway::start();
     let ssh = |extra: &[&str]| {
         Command::new("ssh")
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "LogLevel=ERROR"])
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "LogLevel=ERROR",
+            ])
             .arg("-o")
-            .arg(format!("UserKnownHostsFile={}", g.path("known_hosts").display()))
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                g.path("known_hosts").display()
+            ))
             .arg("-p")
             .arg(g.port.to_string())
             .arg("-i")
@@ -185,12 +252,27 @@ fn only_the_sftp_subsystem_exists() {
     let shell = ssh(&["-tt", "school-a-user@127.0.0.1"]);
     assert!(!shell.status.success());
     let forward = ssh(&[
-        "-o", "ExitOnForwardFailure=yes", "-N", "-R", "0:127.0.0.1:9", "school-a-user@127.0.0.1",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-N",
+        "-R",
+        "0:127.0.0.1:9",
+        "school-a-user@127.0.0.1",
     ]);
-    assert!(!forward.status.success(), "remote forwarding must be refused");
+    assert!(
+        !forward.status.success(),
+        "remote forwarding must be refused"
+    );
     // Legacy scp (exec "scp -t") is refused too; default scp uses SFTP and works (see transfers).
     let f = g.file("a.txt", b"a");
-    let legacy = g.scp("school-a-user", &["-O", f.to_str().unwrap(), "school-a-user@127.0.0.1:/outbox/coordinator/"]);
+    let legacy = g.scp(
+        "school-a-user",
+        &[
+            "-O",
+            f.to_str().unwrap(),
+            "school-a-user@127.0.0.1:/outbox/coordinator/",
+        ],
+    );
     assert!(!legacy.ok);
 }
 
@@ -224,7 +306,9 @@ fn disabling_a_user_or_organisation_ends_live_sessions() {
     let g = Gateway::start();
     let live = open_session(&g, "school-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'").trim() == "1"
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
+            .trim()
+            == "1"
     });
     g.cli_ok(&["user", "disable", "school-a-user"]);
     wait_until("the session to be ended", Duration::from_secs(15), || {
@@ -235,15 +319,23 @@ fn disabling_a_user_or_organisation_ends_live_sessions() {
 
     let live = open_session(&g, "prov-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'prov-a-user'").trim() == "1"
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'prov-a-user'")
+            .trim()
+            == "1"
     });
     g.cli_ok(&["org", "disable", "prov-a"]);
     wait_until("the session to be ended", Duration::from_secs(15), || {
-        g.log().matches("ending a session of a disabled user").count() >= 2
+        g.log()
+            .matches("ending a session of a disabled user")
+            .count()
+            >= 2
     });
     assert!(session_was_closed(live), "session survived org disable");
     assert!(!g.sftp("prov-a-user", "ls /\n").ok);
-    assert!(g.sftp("school-b-user", "ls /\n").ok, "others are not affected");
+    assert!(
+        g.sftp("school-b-user", "ls /\n").ok,
+        "others are not affected"
+    );
 }
 
 #[test]
@@ -253,7 +345,9 @@ fn sessions_per_user_and_idle_timeout() {
     );
     let first = open_session(&g, "school-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND outcome = 'ok'").trim() == "1"
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND outcome = 'ok'")
+            .trim()
+            == "1"
     });
     let second = g.sftp("school-a-user", "ls /\n");
     assert!(!second.ok, "second session over the limit must be refused");
@@ -262,7 +356,10 @@ fn sessions_per_user_and_idle_timeout() {
         g.log().contains("idle timeout")
     });
     assert!(session_was_closed(first), "idle session not dropped");
-    assert!(g.sftp("school-a-user", "ls /\n").ok, "the place is free again");
+    assert!(
+        g.sftp("school-a-user", "ls /\n").ok,
+        "the place is free again"
+    );
 }
 
 fn ssh_audit(g: &Gateway) -> String {
@@ -279,17 +376,32 @@ fn ssh_audit_reports_no_failure() {
     let report = ssh_audit(&g);
     assert!(report.contains("kex-strict-s-v00@openssh.com"), "{report}");
     let fails: Vec<&str> = report.lines().filter(|l| l.contains("[fail]")).collect();
-    assert!(fails.is_empty(), "ssh-audit failures:\n{}", fails.join("\n"));
+    assert!(
+        fails.is_empty(),
+        "ssh-audit failures:\n{}",
+        fails.join("\n")
+    );
     let warns: Vec<&str> = report
         .lines()
         .filter(|l| l.contains("[warn]") && !l.contains("post-quantum"))
         .collect();
-    assert!(warns.is_empty(), "unexpected warnings:\n{}", warns.join("\n"));
+    assert!(
+        warns.is_empty(),
+        "unexpected warnings:\n{}",
+        warns.join("\n")
+    );
     assert!(!report.contains("zlib"), "compression must be off");
 
     let g = Gateway::start_with("ssh: { pq_only: true }");
     let report = ssh_audit(&g);
-    let warns: Vec<&str> = report.lines().filter(|l| l.contains("[warn]") || l.contains("[fail]")).collect();
-    assert!(warns.is_empty(), "pq_only must be clean:\n{}", warns.join("\n"));
+    let warns: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("[warn]") || l.contains("[fail]"))
+        .collect();
+    assert!(
+        warns.is_empty(),
+        "pq_only must be clean:\n{}",
+        warns.join("\n")
+    );
     assert!(report.contains("mlkem768x25519-sha256"), "{report}");
 }

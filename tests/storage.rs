@@ -22,7 +22,11 @@ fn age_decrypt(identity: &std::path::Path, file: &std::path::Path) -> Vec<u8> {
         .arg(file)
         .output()
         .expect("the age CLI must be installed (Debian package age)");
-    assert!(out.status.success(), "age -d failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "age -d failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -31,7 +35,11 @@ fn files_are_age_encrypted_at_rest_and_the_age_cli_recovers_them() {
     // An escrow recipient made with the real age-keygen.
     let tmp = tempfile::tempdir().unwrap();
     let escrow_key = tmp.path().join("escrow.txt");
-    let st = Command::new("age-keygen").arg("-o").arg(&escrow_key).output().unwrap();
+    let st = Command::new("age-keygen")
+        .arg("-o")
+        .arg(&escrow_key)
+        .output()
+        .unwrap();
     assert!(st.status.success());
     let escrow_text = std::fs::read_to_string(&escrow_key).unwrap();
     let recipient = escrow_text
@@ -45,21 +53,40 @@ fn files_are_age_encrypted_at_rest_and_the_age_cli_recovers_them() {
     content.extend_from_slice(MARKER);
     content.extend_from_slice(&noise(100_000, 10));
     let f = g.file("ehcp.pdf", &content);
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/dsl/ehcp.pdf\n", f.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/dsl/ehcp.pdf\n", f.display()),
+    );
 
     let blobs = g.stored_blobs();
     assert_eq!(blobs.len(), 1);
     let stored = std::fs::read(&blobs[0]).unwrap();
-    assert!(stored.starts_with(b"age-encryption.org/v1\n"), "standard age header");
+    assert!(
+        stored.starts_with(b"age-encryption.org/v1\n"),
+        "standard age header"
+    );
     // No plaintext anywhere under data_dir: store, spool, database, logs.
     for p in common::walk(&g.path("data")) {
         let bytes = std::fs::read(&p).unwrap();
-        assert!(!contains(&bytes, MARKER), "plaintext found in {}", p.display());
+        assert!(
+            !contains(&bytes, MARKER),
+            "plaintext found in {}",
+            p.display()
+        );
     }
-    assert_eq!(age_decrypt(&g.path("keys/age-identities.txt"), &blobs[0]), content);
-    assert_eq!(age_decrypt(&escrow_key, &blobs[0]), content, "escrow identity decrypts");
+    assert_eq!(
+        age_decrypt(&g.path("keys/age-identities.txt"), &blobs[0]),
+        content
+    );
+    assert_eq!(
+        age_decrypt(&escrow_key, &blobs[0]),
+        content,
+        "escrow identity decrypts"
+    );
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(g.path("keys/age-identities.txt")).unwrap().permissions(),
+        &std::fs::metadata(g.path("keys/age-identities.txt"))
+            .unwrap()
+            .permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
 }
@@ -68,13 +95,19 @@ fn files_are_age_encrypted_at_rest_and_the_age_cli_recovers_them() {
 fn key_rotation_keeps_old_files_readable() {
     let g = Gateway::start();
     let old = g.file("old.txt", b"before rotation");
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/coordinator/old.txt\n", old.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/old.txt\n", old.display()),
+    );
     let mut g = g;
     g.cli_ok(&["keys", "rotate"]);
     g.stop_server();
     g.start_server();
     let new = g.file("new.txt", b"after rotation");
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/coordinator/new.txt\n", new.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/new.txt\n", new.display()),
+    );
     let (a, b) = (g.path("a.txt"), g.path("b.txt"));
     g.sftp_ok(
         "cap-user",
@@ -94,11 +127,21 @@ fn key_rotation_keeps_old_files_readable() {
 fn audit_verify_detects_edits_and_removals() {
     let g = Gateway::start();
     let f = g.file("a.txt", b"a");
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/coordinator/a.txt\n", f.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/a.txt\n", f.display()),
+    );
     let ok = g.cli_ok(&["audit", "verify"]);
     assert!(ok.contains("intact"), "{ok}");
-    let n: i64 = g.sqlite("SELECT COUNT(*) FROM audit").trim().parse().unwrap();
-    assert!(n >= 12, "org and user additions, logins and the upload are audited ({n})");
+    let n: i64 = g
+        .sqlite("SELECT COUNT(*) FROM audit")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        n >= 12,
+        "org and user additions, logins and the upload are audited ({n})"
+    );
 
     // Edit one entry: verify fails and names it.
     g.sqlite("UPDATE audit SET outcome = 'denied' WHERE seq = 5");
@@ -106,7 +149,10 @@ fn audit_verify_detects_edits_and_removals() {
     assert!(!r.ok);
     assert!(r.stderr.contains("entry 5"), "{}", r.stderr);
     g.sqlite("UPDATE audit SET outcome = 'ok' WHERE seq = 5");
-    assert!(g.cli(&["audit", "verify"]).ok, "restoring the entry restores the chain");
+    assert!(
+        g.cli(&["audit", "verify"]).ok,
+        "restoring the entry restores the chain"
+    );
 
     // Remove one entry.
     g.sqlite("DELETE FROM audit WHERE seq = 7");
@@ -117,10 +163,18 @@ fn audit_verify_detects_edits_and_removals() {
 #[test]
 fn audit_detects_removed_last_entries() {
     let g = Gateway::start();
-    let last: i64 = g.sqlite("SELECT MAX(seq) FROM audit").trim().parse().unwrap();
+    let last: i64 = g
+        .sqlite("SELECT MAX(seq) FROM audit")
+        .trim()
+        .parse()
+        .unwrap();
     g.sqlite(&format!("DELETE FROM audit WHERE seq = {last}"));
     let r = g.cli(&["audit", "verify"]);
-    assert!(!r.ok && r.stderr.contains(&format!("entry {last}")), "{}", r.stderr);
+    assert!(
+        !r.ok && r.stderr.contains(&format!("entry {last}")),
+        "{}",
+        r.stderr
+    );
 }
 
 /// A connection that drops mid-upload leaves no file anywhere, only an audit entry.
@@ -129,29 +183,45 @@ fn interrupted_upload_leaves_nothing() {
     let g = Gateway::start();
     let f = g.file("huge.bin", &noise(64 * 1024 * 1024, 4));
     let batch = g.path("slow-batch");
-    std::fs::write(&batch, format!("put {} /outbox/coordinator/huge.bin\n", f.display())).unwrap();
+    std::fs::write(
+        &batch,
+        format!("put {} /outbox/coordinator/huge.bin\n", f.display()),
+    )
+    .unwrap();
     // Throttled to ~2 MB/s so that it is surely mid-transfer when killed.
     let mut child = g
-        .sftp_command("school-a-user", &["-l", "16000", "-b", batch.to_str().unwrap()])
+        .sftp_command(
+            "school-a-user",
+            &["-l", "16000", "-b", batch.to_str().unwrap()],
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_until("the upload to start", Duration::from_secs(20), || {
         common::walk(&g.path("data/spool")).iter().any(|p| {
-            std::fs::metadata(p).map(|m| m.len() > 1_000_000).unwrap_or(false)
+            std::fs::metadata(p)
+                .map(|m| m.len() > 1_000_000)
+                .unwrap_or(false)
         })
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_until("the aborted upload to be cleaned", Duration::from_secs(20), || {
-        common::walk(&g.path("data/spool")).is_empty()
-    });
+    wait_until(
+        "the aborted upload to be cleaned",
+        Duration::from_secs(20),
+        || common::walk(&g.path("data/spool")).is_empty(),
+    );
     assert!(g.stored_blobs().is_empty(), "no half file in the store");
     assert_eq!(g.sqlite("SELECT COUNT(*) FROM uploads").trim(), "0");
-    assert!(!g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n").contains("huge"));
+    assert!(
+        !g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n")
+            .contains("huge")
+    );
     wait_until("the abort to be audited", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'upload aborted'").trim() == "1"
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'upload aborted'")
+            .trim()
+            == "1"
     });
 }
 
@@ -161,21 +231,33 @@ fn size_and_quota_limits_refuse_and_store_nothing() {
         "limits: { max_file_size: 100KiB, quota_per_org: 250KiB, connections_per_second: 200 }",
     );
     let big = g.file("big.bin", &noise(150_000, 5));
-    let r = g.sftp("school-a-user", &format!("put {} /outbox/coordinator/big.bin\n", big.display()));
+    let r = g.sftp(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/big.bin\n", big.display()),
+    );
     assert!(!r.ok, "{}", r.all());
     assert!(g.stored_blobs().is_empty());
     assert!(common::walk(&g.path("data/spool")).is_empty());
 
     let ok = g.file("ok.bin", &noise(90_000, 6));
     for i in 0..2 {
-        g.sftp_ok("school-a-user", &format!("put {} /outbox/coordinator/ok-{i}.bin\n", ok.display()));
+        g.sftp_ok(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/ok-{i}.bin\n", ok.display()),
+        );
     }
-    let r = g.sftp("school-a-user", &format!("put {} /outbox/coordinator/ok-3.bin\n", ok.display()));
+    let r = g.sftp(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/ok-3.bin\n", ok.display()),
+    );
     assert!(!r.ok, "the third file exceeds the quota: {}", r.all());
     assert_eq!(g.stored_blobs().len(), 2);
     assert!(common::walk(&g.path("data/spool")).is_empty());
     // Another organisation has its own quota.
-    g.sftp_ok("school-b-user", &format!("put {} /outbox/coordinator/ok.bin\n", ok.display()));
+    g.sftp_ok(
+        "school-b-user",
+        &format!("put {} /outbox/coordinator/ok.bin\n", ok.display()),
+    );
 }
 
 /// Many outstanding large reads (the russh channel-queue deadlock of the field notes) and
@@ -189,16 +271,16 @@ fn large_transfer_with_many_outstanding_requests() {
     let f = g.file("video.bin", &content);
     let up = g.sftp_with(
         "cap-user",
-        &format!("put {} /outbox/school-a/coordinator/video.bin\n", f.display()),
+        &format!(
+            "put {} /outbox/school-a/coordinator/video.bin\n",
+            f.display()
+        ),
         &["-R", "256"],
     );
     assert!(up.ok, "{}", up.all());
     let dest = g.path("video-back.bin");
     let mut child = g
-        .sftp_command(
-            "school-a-user",
-            &["-R", "256", "-B", "262144", "-b", "-"],
-        )
+        .sftp_command("school-a-user", &["-R", "256", "-B", "262144", "-b", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -229,7 +311,10 @@ fn stalled_download_is_dropped_by_the_idle_timeout() {
     let g = Gateway::start_with("limits: { idle_timeout_s: 3, connections_per_second: 200 }");
     let content = noise(64 * 1024 * 1024, 8);
     let f = g.file("big.bin", &content);
-    g.sftp_ok("cap-user", &format!("put {} /outbox/school-a/coordinator/big.bin\n", f.display()));
+    g.sftp_ok(
+        "cap-user",
+        &format!("put {} /outbox/school-a/coordinator/big.bin\n", f.display()),
+    );
     let dest = g.path("partial.bin");
     let mut child = g
         .sftp_command("school-a-user", &["-b", "-"])
@@ -245,7 +330,9 @@ fn stalled_download_is_dropped_by_the_idle_timeout() {
         .write_all(format!("get /inbox/big.bin {}\n", dest.display()).as_bytes())
         .unwrap();
     wait_until("the download to start", Duration::from_secs(20), || {
-        std::fs::metadata(&dest).map(|m| m.len() > 0).unwrap_or(false)
+        std::fs::metadata(&dest)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false)
     });
     // Freeze the client (sftp and its ssh child).
     let pid = child.id().to_string();
@@ -257,9 +344,13 @@ fn stalled_download_is_dropped_by_the_idle_timeout() {
     let _ = Command::new("pkill").args(["-CONT", "-P", &pid]).status();
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the frozen client's download cannot have completed");
+    assert!(
+        !status.success(),
+        "the frozen client's download cannot have completed"
+    );
     assert_eq!(
-        g.sqlite("SELECT COUNT(*) FROM deliveries WHERE downloaded_at IS NOT NULL").trim(),
+        g.sqlite("SELECT COUNT(*) FROM deliveries WHERE downloaded_at IS NOT NULL")
+            .trim(),
         "0",
         "an incomplete download is not recorded as downloaded"
     );
@@ -270,7 +361,11 @@ fn invalid_config_fails_at_start_naming_the_key() {
     let g = Gateway::configured("limits: { sessions_per_user: lots }");
     let r = g.cli(&["serve"]);
     assert!(!r.ok);
-    assert!(r.stderr.contains("limits.sessions_per_user"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("limits.sessions_per_user"),
+        "{}",
+        r.stderr
+    );
     let g = Gateway::configured("retention_dayz: 3");
     let r = g.cli(&["serve"]);
     assert!(!r.ok && r.stderr.contains("retention_dayz"), "{}", r.stderr);

@@ -15,13 +15,43 @@ fn routing_matrix() {
 
     // (sender, upload folder, receiver, where the receiver finds it)
     let allowed = [
-        ("school-a-user", "/outbox/coordinator", "cap-user", "/inbox/school-a"),
-        ("school-a-user", "/outbox/dsl", "cap-user", "/inbox/school-a"),
-        ("prov-a-user", "/outbox/coordinator", "cap-user", "/inbox/prov-a"),
+        (
+            "school-a-user",
+            "/outbox/coordinator",
+            "cap-user",
+            "/inbox/school-a",
+        ),
+        (
+            "school-a-user",
+            "/outbox/dsl",
+            "cap-user",
+            "/inbox/school-a",
+        ),
+        (
+            "prov-a-user",
+            "/outbox/coordinator",
+            "cap-user",
+            "/inbox/prov-a",
+        ),
         ("prov-a-user", "/outbox/dsl", "cap-user", "/inbox/prov-a"),
-        ("cap-user", "/outbox/school-a/coordinator", "school-a-user", "/inbox"),
-        ("cap-user", "/outbox/school-a/dsl", "school-a-user", "/inbox"),
-        ("cap-user", "/outbox/prov-a/coordinator", "prov-a-user", "/inbox"),
+        (
+            "cap-user",
+            "/outbox/school-a/coordinator",
+            "school-a-user",
+            "/inbox",
+        ),
+        (
+            "cap-user",
+            "/outbox/school-a/dsl",
+            "school-a-user",
+            "/inbox",
+        ),
+        (
+            "cap-user",
+            "/outbox/prov-a/coordinator",
+            "prov-a-user",
+            "/inbox",
+        ),
         ("cap-user", "/outbox/prov-a/dsl", "prov-a-user", "/inbox"),
     ];
     for (i, (from, folder, to, inbox)) in allowed.iter().enumerate() {
@@ -46,19 +76,44 @@ fn routing_matrix() {
     for (from, folder) in denied {
         let r = g.sftp(from, &format!("put {src} {folder}/denied.bin\n"));
         assert!(!r.ok, "{from} -> {folder} must be denied");
-        assert!(r.all().contains("Permission denied"), "{from} -> {folder}: {}", r.all());
+        assert!(
+            r.all().contains("Permission denied"),
+            "{from} -> {folder}: {}",
+            r.all()
+        );
     }
-    assert_eq!(g.stored_blobs().len(), blobs_before, "a denied transfer stores nothing");
-    for user in ["school-b-user", "prov-a-user", "prov-b-user", "school-a-user"] {
+    assert_eq!(
+        g.stored_blobs().len(),
+        blobs_before,
+        "a denied transfer stores nothing"
+    );
+    for user in [
+        "school-b-user",
+        "prov-a-user",
+        "prov-b-user",
+        "school-a-user",
+    ] {
         let listing = g.sftp_ok(user, "ls -1 /inbox\n");
-        assert!(!listing.contains("denied.bin"), "{user} received a denied file");
+        assert!(
+            !listing.contains("denied.bin"),
+            "{user} received a denied file"
+        );
     }
     let audit = g.sqlite("SELECT detail FROM audit WHERE action = 'transfer denied'");
     assert_eq!(audit.lines().count(), denied.len(), "{audit}");
-    assert!(audit.contains("may exchange files only with the hub"), "{audit}");
-    assert!(audit.contains("the hub cannot send files to itself"), "{audit}");
+    assert!(
+        audit.contains("may exchange files only with the hub"),
+        "{audit}"
+    );
+    assert!(
+        audit.contains("the hub cannot send files to itself"),
+        "{audit}"
+    );
     // The reason also reaches the server log, naming the rule.
-    assert!(g.log().contains("a school may exchange files only with the hub, never with a school"));
+    assert!(
+        g.log()
+            .contains("a school may exchange files only with the hub, never with a school")
+    );
 }
 
 #[test]
@@ -75,7 +130,10 @@ fn same_name_twice_gets_a_copy_number_and_nothing_is_overwritten() {
         ),
     );
     let listing = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
-    assert!(listing.contains("report.pdf") && listing.contains("report (2).pdf"), "{listing}");
+    assert!(
+        listing.contains("report.pdf") && listing.contains("report (2).pdf"),
+        "{listing}"
+    );
     let (a, b) = (g.path("a.pdf"), g.path("b.pdf"));
     g.sftp_ok(
         "cap-user",
@@ -96,10 +154,16 @@ fn temporary_names_commit_on_rename() {
     let f = g.file("plan.pdf", b"support plan");
     g.sftp_ok(
         "school-a-user",
-        &format!("put {} /outbox/coordinator/plan.pdf.filepart\nls -1 /outbox/coordinator\n", f.display()),
+        &format!(
+            "put {} /outbox/coordinator/plan.pdf.filepart\nls -1 /outbox/coordinator\n",
+            f.display()
+        ),
     );
     // The session ended before the rename: nothing was delivered and nothing is kept.
-    assert!(!g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n").contains("plan"));
+    assert!(
+        !g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n")
+            .contains("plan")
+    );
     assert!(g.stored_blobs().is_empty());
     assert!(common::walk(&g.path("data/spool")).is_empty());
 
@@ -111,11 +175,21 @@ fn temporary_names_commit_on_rename() {
             f.display()
         ),
     );
-    assert!(out.contains("plan.pdf.filepart"), "the partial file is listed until renamed: {out}");
+    assert!(
+        out.contains("plan.pdf.filepart"),
+        "the partial file is listed until renamed: {out}"
+    );
     let listing = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
-    assert!(listing.contains("plan.pdf") && !listing.contains("filepart"), "{listing}");
+    assert!(
+        listing.contains("plan.pdf") && !listing.contains("filepart"),
+        "{listing}"
+    );
     let audit = g.sqlite("SELECT action FROM audit WHERE action = 'upload aborted'");
-    assert_eq!(audit.lines().count(), 1, "the abandoned partial file is audited");
+    assert_eq!(
+        audit.lines().count(),
+        1,
+        "the abandoned partial file is audited"
+    );
 }
 
 /// WinSCP replaces a file it sent: delete NAME, then rename NAME.filepart to NAME.
@@ -124,7 +198,10 @@ fn recall_and_replace_before_download_then_fixed() {
     let g = Gateway::start();
     let v1 = g.file("v1/risk.docx", b"version one");
     let v2 = g.file("v2/risk.docx", b"version two");
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/dsl/risk.docx\n", v1.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/dsl/risk.docx\n", v1.display()),
+    );
     g.sftp_ok(
         "school-a-user",
         &format!(
@@ -136,19 +213,41 @@ fn recall_and_replace_before_download_then_fixed() {
     let got = g.path("got.docx");
     let listing = g.sftp_ok(
         "cap-user",
-        &format!("ls -1 /inbox/school-a\nget /inbox/school-a/risk.docx {}\n", got.display()),
+        &format!(
+            "ls -1 /inbox/school-a\nget /inbox/school-a/risk.docx {}\n",
+            got.display()
+        ),
     );
-    assert!(!listing.contains("(2)"), "the recalled version is gone: {listing}");
+    assert!(
+        !listing.contains("(2)"),
+        "the recalled version is gone: {listing}"
+    );
     assert_eq!(std::fs::read(&got).unwrap(), b"version two");
 
     // Downloaded: the sender can no longer recall or rename it, and it leaves the outbox.
-    let r = g.sftp("school-a-user", "ls -1 /outbox/dsl\nrm /outbox/dsl/risk.docx\n");
+    let r = g.sftp(
+        "school-a-user",
+        "ls -1 /outbox/dsl\nrm /outbox/dsl/risk.docx\n",
+    );
     assert!(!r.ok);
-    let listed: Vec<&str> = r.stdout.lines().filter(|l| !l.starts_with("sftp>")).collect();
-    assert!(listed.is_empty(), "downloaded files leave the outbox: {listed:?}");
-    let audit = g.sqlite("SELECT action || ':' || outcome FROM audit WHERE action IN ('recall', 'download')");
-    assert!(audit.contains("recall:ok") && audit.contains("download:ok"), "{audit}");
-    let downloaded = g.sqlite("SELECT downloaded_by FROM deliveries WHERE downloaded_at IS NOT NULL");
+    let listed: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .collect();
+    assert!(
+        listed.is_empty(),
+        "downloaded files leave the outbox: {listed:?}"
+    );
+    let audit = g.sqlite(
+        "SELECT action || ':' || outcome FROM audit WHERE action IN ('recall', 'download')",
+    );
+    assert!(
+        audit.contains("recall:ok") && audit.contains("download:ok"),
+        "{audit}"
+    );
+    let downloaded =
+        g.sqlite("SELECT downloaded_by FROM deliveries WHERE downloaded_at IS NOT NULL");
     assert_eq!(downloaded.trim(), "cap-user");
 }
 
@@ -165,7 +264,10 @@ fn sender_may_rename_until_downloaded() {
         ),
     );
     let listing = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
-    assert!(listing.contains("draft.txt") && !listing.contains("1a2b3c4d"), "{listing}");
+    assert!(
+        listing.contains("draft.txt") && !listing.contains("1a2b3c4d"),
+        "{listing}"
+    );
     // Renaming out of the folder, or onto another organisation, is refused.
     let r = g.sftp(
         "school-a-user",
@@ -183,10 +285,23 @@ fn sender_may_rename_until_downloaded() {
 fn outbox_cannot_be_read_back_and_inbox_is_read_only() {
     let g = Gateway::start();
     let f = g.file("a.txt", b"secret");
-    g.sftp_ok("school-a-user", &format!("put {} /outbox/coordinator/a.txt\n", f.display()));
-    let r = g.sftp("school-a-user", &format!("get /outbox/coordinator/a.txt {}\n", g.path("x").display()));
-    assert!(!r.ok && r.all().contains("Permission denied"), "{}", r.all());
-    let r = g.sftp("cap-user", &format!("put {} /inbox/school-a/b.txt\n", f.display()));
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/a.txt\n", f.display()),
+    );
+    let r = g.sftp(
+        "school-a-user",
+        &format!("get /outbox/coordinator/a.txt {}\n", g.path("x").display()),
+    );
+    assert!(
+        !r.ok && r.all().contains("Permission denied"),
+        "{}",
+        r.all()
+    );
+    let r = g.sftp(
+        "cap-user",
+        &format!("put {} /inbox/school-a/b.txt\n", f.display()),
+    );
     assert!(!r.ok, "{}", r.all());
 }
 
@@ -207,11 +322,20 @@ fn role_visibility() {
         ),
     );
     let coord = g.sftp_ok("a-coord", "ls -1 /inbox\n");
-    assert!(coord.contains("timetable.pdf") && !coord.contains("concern.pdf"), "{coord}");
-    let r = g.sftp("a-coord", &format!("get /inbox/concern.pdf {}\n", g.path("x").display()));
+    assert!(
+        coord.contains("timetable.pdf") && !coord.contains("concern.pdf"),
+        "{coord}"
+    );
+    let r = g.sftp(
+        "a-coord",
+        &format!("get /inbox/concern.pdf {}\n", g.path("x").display()),
+    );
     assert!(!r.ok);
     let dsl = g.sftp_ok("a-dsl", "ls -1 /inbox\n");
-    assert!(dsl.contains("concern.pdf") && !dsl.contains("timetable.pdf"), "{dsl}");
+    assert!(
+        dsl.contains("concern.pdf") && !dsl.contains("timetable.pdf"),
+        "{dsl}"
+    );
     let other = g.sftp_ok("school-b-user", "ls -1 /inbox\n");
     assert!(!other.contains(".pdf"), "{other}");
 }
@@ -224,32 +348,59 @@ fn folder_upload_keeps_relative_paths() {
     g.file("case/notes/meeting.txt", b"notes");
     g.sftp_ok(
         "school-a-user",
-        &format!("put -r {} /outbox/coordinator/\n", g.path("files/case").display()),
+        &format!(
+            "put -r {} /outbox/coordinator/\n",
+            g.path("files/case").display()
+        ),
     );
     let listing = g.sftp_ok(
         "cap-user",
         "ls -1 /inbox/school-a\nls -1 /inbox/school-a/case\nls -1 /inbox/school-a/case/notes\n",
     );
-    assert!(listing.contains("case/plan.pdf") || listing.contains("plan.pdf"), "{listing}");
+    assert!(
+        listing.contains("case/plan.pdf") || listing.contains("plan.pdf"),
+        "{listing}"
+    );
     assert!(listing.contains("meeting.txt"), "{listing}");
     let got = g.path("meeting.txt");
-    g.sftp_ok("cap-user", &format!("get /inbox/school-a/case/notes/meeting.txt {}\n", got.display()));
+    g.sftp_ok(
+        "cap-user",
+        &format!(
+            "get /inbox/school-a/case/notes/meeting.txt {}\n",
+            got.display()
+        ),
+    );
     assert_eq!(std::fs::read(got).unwrap(), b"notes");
 }
 
 #[test]
 fn hub_broadcast_reaches_every_active_school() {
     let g = Gateway::start();
-    g.cli_ok(&["org", "add", "--kind", "school", "--slug", "school-c", "--name", "C"]);
+    g.cli_ok(&[
+        "org", "add", "--kind", "school", "--slug", "school-c", "--name", "C",
+    ]);
     g.cli_ok(&["org", "disable", "school-c"]);
     let f = g.file("term-dates.pdf", b"dates");
-    g.sftp_ok("cap-user", &format!("put {} /outbox/all-schools/coordinator/\n", f.display()));
+    g.sftp_ok(
+        "cap-user",
+        &format!("put {} /outbox/all-schools/coordinator/\n", f.display()),
+    );
     for user in ["school-a-user", "school-b-user"] {
-        assert!(g.sftp_ok(user, "ls -1 /inbox\n").contains("term-dates.pdf"), "{user}");
+        assert!(
+            g.sftp_ok(user, "ls -1 /inbox\n").contains("term-dates.pdf"),
+            "{user}"
+        );
     }
-    assert!(!g.sftp_ok("prov-a-user", "ls -1 /inbox\n").contains("term-dates.pdf"));
+    assert!(
+        !g.sftp_ok("prov-a-user", "ls -1 /inbox\n")
+            .contains("term-dates.pdf")
+    );
     let n = g.sqlite("SELECT COUNT(*) FROM deliveries");
-    assert_eq!(n.trim(), "2", "one delivery per active school, one stored blob");
+    assert_eq!(
+        n.trim(),
+        "2",
+        "one delivery per active school, one stored blob"
+    );
     assert_eq!(g.stored_blobs().len(), 1);
 }
 
@@ -287,13 +438,19 @@ fn scp_round_trip() {
     let f = g.file("register.csv", &payload);
     let up = g.scp(
         "prov-a-user",
-        &[f.to_str().unwrap(), "prov-a-user@127.0.0.1:/outbox/coordinator/register.csv"],
+        &[
+            f.to_str().unwrap(),
+            "prov-a-user@127.0.0.1:/outbox/coordinator/register.csv",
+        ],
     );
     assert!(up.ok, "{}", up.all());
     let dest = g.path("back.csv");
     let down = g.scp(
         "cap-user",
-        &["cap-user@127.0.0.1:/inbox/prov-a/register.csv", dest.to_str().unwrap()],
+        &[
+            "cap-user@127.0.0.1:/inbox/prov-a/register.csv",
+            dest.to_str().unwrap(),
+        ],
     );
     assert!(down.ok, "{}", down.all());
     assert_eq!(std::fs::read(dest).unwrap(), payload);
@@ -304,9 +461,22 @@ fn scp_round_trip() {
 fn inbox_delete_hides_and_audits() {
     let g = Gateway::start();
     let f = g.file("x.txt", b"x");
-    g.sftp_ok("cap-user", &format!("put {} /outbox/school-a/coordinator/x.txt\n", f.display()));
+    g.sftp_ok(
+        "cap-user",
+        &format!("put {} /outbox/school-a/coordinator/x.txt\n", f.display()),
+    );
     g.sftp_ok("school-a-user", "rm /inbox/x.txt\n");
-    assert!(!g.sftp_ok("school-a-user", "ls -1 /inbox\n").contains("x.txt"));
-    assert_eq!(g.stored_blobs().len(), 1, "the store keeps it until retention");
-    assert!(g.sqlite("SELECT action FROM audit").contains("inbox delete"));
+    assert!(
+        !g.sftp_ok("school-a-user", "ls -1 /inbox\n")
+            .contains("x.txt")
+    );
+    assert_eq!(
+        g.stored_blobs().len(),
+        1,
+        "the store keeps it until retention"
+    );
+    assert!(
+        g.sqlite("SELECT action FROM audit")
+            .contains("inbox delete")
+    );
 }

@@ -172,7 +172,11 @@ impl Database for SqliteDb {
             .bind(&org.slug)
             .fetch_one(&mut *tx)
             .await?;
-        anyhow::ensure!(exists == 0, "an organisation with slug `{}` already exists", org.slug);
+        anyhow::ensure!(
+            exists == 0,
+            "an organisation with slug `{}` already exists",
+            org.slug
+        );
         if org.kind == OrgKind::Hub {
             let hubs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orgs WHERE kind = 'hub'")
                 .fetch_one(&mut *tx)
@@ -200,9 +204,11 @@ impl Database for SqliteDb {
     }
 
     async fn orgs(&self) -> anyhow::Result<Vec<Org>> {
-        let rows = sqlx::query(&format!("SELECT {ORG_COLUMNS} FROM orgs ORDER BY kind, slug"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM orgs ORDER BY kind, slug"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(org_from_row).collect()
     }
 
@@ -215,9 +221,11 @@ impl Database for SqliteDb {
     }
 
     async fn hub(&self) -> anyhow::Result<Option<Org>> {
-        let row = sqlx::query(&format!("SELECT {ORG_COLUMNS} FROM orgs WHERE kind = 'hub'"))
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {ORG_COLUMNS} FROM orgs WHERE kind = 'hub'"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(org_from_row).transpose()
     }
 
@@ -247,7 +255,11 @@ impl Database for SqliteDb {
             .bind(&user.username)
             .fetch_one(&mut *tx)
             .await?;
-        anyhow::ensure!(exists == 0, "a user named `{}` already exists", user.username);
+        anyhow::ensure!(
+            exists == 0,
+            "a user named `{}` already exists",
+            user.username
+        );
         let now = now_text();
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (org_id, username, roles, password_hash, created_at)

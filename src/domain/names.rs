@@ -29,10 +29,7 @@ pub fn validate_component(c: &str) -> Result<(), String> {
         ));
     }
     if let Some(ch) = c.chars().find(|ch| ch.is_control() || *ch == '\\') {
-        return Err(format!(
-            "file names may not contain the character {:?}",
-            ch
-        ));
+        return Err(format!("file names may not contain the character {:?}", ch));
     }
     Ok(())
 }
@@ -84,7 +81,10 @@ mod tests {
         assert_eq!(with_copy_number("d.x/f", 2), "d.x/f (2)");
         assert_eq!(with_copy_number("d/a.tar.gz", 2), "d/a.tar (2).gz");
         let taken = ["a.csv", "a (2).csv"];
-        assert_eq!(first_free_name("a.csv", |n| taken.contains(&n)), "a (3).csv");
+        assert_eq!(
+            first_free_name("a.csv", |n| taken.contains(&n)),
+            "a (3).csv"
+        );
         assert_eq!(first_free_name("b.csv", |n| taken.contains(&n)), "b.csv");
     }
 

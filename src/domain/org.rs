@@ -173,7 +173,17 @@ mod tests {
     fn slugs() {
         assert!(validate_slug("demo-school").is_ok());
         assert!(validate_slug("s1").is_ok());
-        for bad in ["", "Demo", "a_b", "-a", "a-", "a/b", "..", "all-schools", "a b"] {
+        for bad in [
+            "",
+            "Demo",
+            "a_b",
+            "-a",
+            "a-",
+            "a/b",
+            "..",
+            "all-schools",
+            "a b",
+        ] {
             assert!(validate_slug(bad).is_err(), "{bad}");
         }
     }

@@ -86,7 +86,10 @@ mod tests {
         }
         for from in OrgKind::ALL {
             for to in OrgKind::ALL {
-                assert!(route(from, to, Admin).is_err(), "admin is never a recipient");
+                assert!(
+                    route(from, to, Admin).is_err(),
+                    "admin is never a recipient"
+                );
             }
         }
     }
@@ -105,6 +108,9 @@ mod tests {
             panic!("school to provider must be denied");
         };
         assert!(msg.contains("only with the hub"), "{msg}");
-        assert!(msg.contains("a school") && msg.contains("a provider"), "{msg}");
+        assert!(
+            msg.contains("a school") && msg.contains("a provider"),
+            "{msg}"
+        );
     }
 }

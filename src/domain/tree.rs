@@ -97,9 +97,16 @@ pub enum Node {
     /// Hub: `/outbox/<slug>` listing the roles. For others, a folder that routing refuses.
     OutboxTarget(Target),
     /// A write folder itself (`rel` empty) or a path inside it.
-    Write { folder: WriteFolder, rel: Vec<String> },
-    Receipts { rel: Vec<String> },
-    Reports { rel: Vec<String> },
+    Write {
+        folder: WriteFolder,
+        rel: Vec<String>,
+    },
+    Receipts {
+        rel: Vec<String>,
+    },
+    Reports {
+        rel: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,12 +271,27 @@ mod tests {
         assert_eq!(n("/inbox/../../etc/passwd"), vec!["etc", "passwd"]);
         assert_eq!(n("//inbox///./a"), vec!["inbox", "a"]);
         assert_eq!(n("inbox/a/.."), vec!["inbox"]);
-        assert!(matches!(normalize(b"/inbox/a\0b"), Err(PathError::Invalid(_))));
-        assert!(matches!(normalize(b"/inbox/\xff"), Err(PathError::Invalid(_))));
-        assert!(matches!(normalize(&[b'a'; 2000]), Err(PathError::Invalid(_))));
-        assert!(matches!(normalize(b"/inbox/a\\..\\b"), Err(PathError::Invalid(_))));
+        assert!(matches!(
+            normalize(b"/inbox/a\0b"),
+            Err(PathError::Invalid(_))
+        ));
+        assert!(matches!(
+            normalize(b"/inbox/\xff"),
+            Err(PathError::Invalid(_))
+        ));
+        assert!(matches!(
+            normalize(&[b'a'; 2000]),
+            Err(PathError::Invalid(_))
+        ));
+        assert!(matches!(
+            normalize(b"/inbox/a\\..\\b"),
+            Err(PathError::Invalid(_))
+        ));
         let deep = "/a".repeat(40);
-        assert!(matches!(normalize(deep.as_bytes()), Err(PathError::Invalid(_))));
+        assert!(matches!(
+            normalize(deep.as_bytes()),
+            Err(PathError::Invalid(_))
+        ));
     }
 
     #[test]
@@ -278,7 +300,10 @@ mod tests {
         assert_eq!(classify(k, &n("/")).unwrap(), Node::Root);
         assert_eq!(
             classify(k, &n("/inbox/a.pdf")).unwrap(),
-            Node::Inbox { sender: None, rel: vec!["a.pdf".into()] }
+            Node::Inbox {
+                sender: None,
+                rel: vec!["a.pdf".into()]
+            }
         );
         let Node::Write { folder, rel } = classify(k, &n("/outbox/dsl/x/y.pdf")).unwrap() else {
             panic!()
@@ -294,7 +319,10 @@ mod tests {
             panic!()
         };
         assert_eq!(folder.target, Target::Org("other-school".into()));
-        assert!(classify(k, &n("/registers/r.csv")).is_err(), "registers are for providers");
+        assert!(
+            classify(k, &n("/registers/r.csv")).is_err(),
+            "registers are for providers"
+        );
         assert!(classify(k, &n("/roster/r.csv")).is_ok());
         assert!(classify(k, &n("/etc/passwd")).is_err());
         assert!(classify(k, &n("/outbox/x/boss/f")).is_err());
@@ -304,10 +332,16 @@ mod tests {
     fn provider_and_hub_trees() {
         assert!(classify(OrgKind::Provider, &n("/registers/r.csv")).is_ok());
         assert!(classify(OrgKind::Provider, &n("/roster/r.csv")).is_err());
-        assert_eq!(classify(OrgKind::Hub, &n("/inbox")).unwrap(), Node::InboxRoot);
+        assert_eq!(
+            classify(OrgKind::Hub, &n("/inbox")).unwrap(),
+            Node::InboxRoot
+        );
         assert_eq!(
             classify(OrgKind::Hub, &n("/inbox/demo-school/a")).unwrap(),
-            Node::Inbox { sender: Some("demo-school".into()), rel: vec!["a".into()] }
+            Node::Inbox {
+                sender: Some("demo-school".into()),
+                rel: vec!["a".into()]
+            }
         );
         let Node::Write { folder, .. } =
             classify(OrgKind::Hub, &n("/outbox/all-schools/dsl/f")).unwrap()
@@ -320,6 +354,9 @@ mod tests {
             Node::OutboxTarget(Target::Org("demo-school".into()))
         );
         assert!(classify(OrgKind::Hub, &n("/registers/x")).is_err());
-        assert_eq!(root_folders(OrgKind::Hub), vec!["inbox", "outbox", "receipts", "reports"]);
+        assert_eq!(
+            root_folders(OrgKind::Hub),
+            vec!["inbox", "outbox", "receipts", "reports"]
+        );
     }
 }

@@ -53,7 +53,9 @@ impl From<anyhow::Error> for FsError {
 impl From<io::Error> for FsError {
     fn from(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
-            FsError::Failure("the gateway's storage is full: nothing was stored; try again later".into())
+            FsError::Failure(
+                "the gateway's storage is full: nothing was stored; try again later".into(),
+            )
         } else {
             FsError::Internal(e.into())
         }

@@ -211,7 +211,10 @@ mod tests {
         assert!(!g.record_failure(ip, "alice"));
         assert!(!g.record_failure(ip, "bob"));
         assert!(!g.is_banned(ip, "carol"));
-        assert!(g.record_failure(ip, "carol"), "third failure from one address bans it");
+        assert!(
+            g.record_failure(ip, "carol"),
+            "third failure from one address bans it"
+        );
         assert!(g.is_banned(ip, "anyone"));
         assert!(!g.admit_connection(ip));
         let other: IpAddr = "127.0.0.10".parse().unwrap();
@@ -239,7 +242,10 @@ mod tests {
         assert!(g.open_session(1).is_none());
         assert!(g.open_session(2).is_some(), "other users are not affected");
         drop(a);
-        assert!(g.open_session(1).is_some(), "a closed session frees its place");
+        assert!(
+            g.open_session(1).is_some(),
+            "a closed session frees its place"
+        );
     }
 
     #[test]

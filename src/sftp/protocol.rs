@@ -77,39 +77,117 @@ pub struct Attrs {
 
 #[derive(Debug)]
 pub enum Request {
-    Open { id: u32, path: Bytes, pflags: u32 },
-    Close { id: u32, handle: Bytes },
-    Read { id: u32, handle: Bytes, offset: u64, len: u32 },
-    Write { id: u32, handle: Bytes, offset: u64, data: Bytes },
-    Lstat { id: u32, path: Bytes },
-    Fstat { id: u32, handle: Bytes },
-    Setstat { id: u32, path: Bytes },
-    Fsetstat { id: u32, handle: Bytes },
-    Opendir { id: u32, path: Bytes },
-    Readdir { id: u32, handle: Bytes },
-    Remove { id: u32, path: Bytes },
-    Mkdir { id: u32, path: Bytes },
-    Rmdir { id: u32, path: Bytes },
-    Realpath { id: u32, path: Bytes },
-    Stat { id: u32, path: Bytes },
-    Rename { id: u32, from: Bytes, to: Bytes },
-    Readlink { id: u32, path: Bytes },
-    Symlink { id: u32 },
-    Extended { id: u32, name: Bytes },
-    Unknown { id: u32, kind: u8 },
+    Open {
+        id: u32,
+        path: Bytes,
+        pflags: u32,
+    },
+    Close {
+        id: u32,
+        handle: Bytes,
+    },
+    Read {
+        id: u32,
+        handle: Bytes,
+        offset: u64,
+        len: u32,
+    },
+    Write {
+        id: u32,
+        handle: Bytes,
+        offset: u64,
+        data: Bytes,
+    },
+    Lstat {
+        id: u32,
+        path: Bytes,
+    },
+    Fstat {
+        id: u32,
+        handle: Bytes,
+    },
+    Setstat {
+        id: u32,
+        path: Bytes,
+    },
+    Fsetstat {
+        id: u32,
+        handle: Bytes,
+    },
+    Opendir {
+        id: u32,
+        path: Bytes,
+    },
+    Readdir {
+        id: u32,
+        handle: Bytes,
+    },
+    Remove {
+        id: u32,
+        path: Bytes,
+    },
+    Mkdir {
+        id: u32,
+        path: Bytes,
+    },
+    Rmdir {
+        id: u32,
+        path: Bytes,
+    },
+    Realpath {
+        id: u32,
+        path: Bytes,
+    },
+    Stat {
+        id: u32,
+        path: Bytes,
+    },
+    Rename {
+        id: u32,
+        from: Bytes,
+        to: Bytes,
+    },
+    Readlink {
+        id: u32,
+        path: Bytes,
+    },
+    Symlink {
+        id: u32,
+    },
+    Extended {
+        id: u32,
+        name: Bytes,
+    },
+    Unknown {
+        id: u32,
+        kind: u8,
+    },
 }
 
 impl Request {
     pub fn id(&self) -> u32 {
         use Request::*;
         match self {
-            Open { id, .. } | Close { id, .. } | Read { id, .. } | Write { id, .. }
-            | Lstat { id, .. } | Fstat { id, .. } | Setstat { id, .. } | Fsetstat { id, .. }
-            | Opendir { id, .. } | Readdir { id, .. } | Remove { id, .. } | Mkdir { id, .. }
-            | Rmdir { id, .. } | Realpath { id, .. } | Stat { id, .. } | Rename { id, .. }
-            | Readlink { id, .. } | Symlink { id } | Extended { id, .. } | Unknown { id, .. } => {
-                *id
-            }
+            Open { id, .. }
+            | Close { id, .. }
+            | Read { id, .. }
+            | Write { id, .. }
+            | Lstat { id, .. }
+            | Fstat { id, .. }
+            | Setstat { id, .. }
+            | Fsetstat { id, .. }
+            | Opendir { id, .. }
+            | Readdir { id, .. }
+            | Remove { id, .. }
+            | Mkdir { id, .. }
+            | Rmdir { id, .. }
+            | Realpath { id, .. }
+            | Stat { id, .. }
+            | Rename { id, .. }
+            | Readlink { id, .. }
+            | Symlink { id }
+            | Extended { id, .. }
+            | Unknown { id, .. } => *id,
         }
     }
 }
@@ -194,7 +272,10 @@ pub fn parse_request(body: Bytes) -> Result<Request, Malformed> {
             f.attrs()?;
             Request::Open { id, path, pflags }
         }
-        FXP_CLOSE => Request::Close { id, handle: f.string()? },
+        FXP_CLOSE => Request::Close {
+            id,
+            handle: f.string()?,
+        },
         FXP_READ => Request::Read {
             id,
             handle: f.string()?,
@@ -207,8 +288,14 @@ pub fn parse_request(body: Bytes) -> Result<Request, Malformed> {
             offset: f.u64()?,
             data: f.string()?,
         },
-        FXP_LSTAT => Request::Lstat { id, path: f.string()? },
-        FXP_FSTAT => Request::Fstat { id, handle: f.string()? },
+        FXP_LSTAT => Request::Lstat {
+            id,
+            path: f.string()?,
+        },
+        FXP_FSTAT => Request::Fstat {
+            id,
+            handle: f.string()?,
+        },
         FXP_SETSTAT => {
             let path = f.string()?;
             f.attrs()?;
@@ -219,25 +306,49 @@ pub fn parse_request(body: Bytes) -> Result<Request, Malformed> {
             f.attrs()?;
             Request::Fsetstat { id, handle }
         }
-        FXP_OPENDIR => Request::Opendir { id, path: f.string()? },
-        FXP_READDIR => Request::Readdir { id, handle: f.string()? },
-        FXP_REMOVE => Request::Remove { id, path: f.string()? },
+        FXP_OPENDIR => Request::Opendir {
+            id,
+            path: f.string()?,
+        },
+        FXP_READDIR => Request::Readdir {
+            id,
+            handle: f.string()?,
+        },
+        FXP_REMOVE => Request::Remove {
+            id,
+            path: f.string()?,
+        },
         FXP_MKDIR => {
             let path = f.string()?;
             f.attrs()?;
             Request::Mkdir { id, path }
         }
-        FXP_RMDIR => Request::Rmdir { id, path: f.string()? },
-        FXP_REALPATH => Request::Realpath { id, path: f.string()? },
-        FXP_STAT => Request::Stat { id, path: f.string()? },
+        FXP_RMDIR => Request::Rmdir {
+            id,
+            path: f.string()?,
+        },
+        FXP_REALPATH => Request::Realpath {
+            id,
+            path: f.string()?,
+        },
+        FXP_STAT => Request::Stat {
+            id,
+            path: f.string()?,
+        },
         FXP_RENAME => Request::Rename {
             id,
             from: f.string()?,
             to: f.string()?,
         },
-        FXP_READLINK => Request::Readlink { id, path: f.string()? },
+        FXP_READLINK => Request::Readlink {
+            id,
+            path: f.string()?,
+        },
         FXP_SYMLINK => Request::Symlink { id },
-        FXP_EXTENDED => Request::Extended { id, name: f.string()? },
+        FXP_EXTENDED => Request::Extended {
+            id,
+            name: f.string()?,
+        },
         other => Request::Unknown { id, kind: other },
     })
 }
@@ -411,16 +522,21 @@ mod tests {
         rest.extend_from_slice(&(FXF_WRITE | FXF_CREAT | FXF_TRUNC).to_be_bytes());
         rest.extend_from_slice(&(ATTR_PERMISSIONS).to_be_bytes());
         rest.extend_from_slice(&0o644u32.to_be_bytes());
-        let Request::Open { id, path, pflags } = parse_request(request(FXP_OPEN, 7, &rest)).unwrap()
+        let Request::Open { id, path, pflags } =
+            parse_request(request(FXP_OPEN, 7, &rest)).unwrap()
         else {
             panic!()
         };
-        assert_eq!((id, &path[..], pflags), (7, &b"/outbox/dsl/a.pdf"[..], 0x1a));
+        assert_eq!(
+            (id, &path[..], pflags),
+            (7, &b"/outbox/dsl/a.pdf"[..], 0x1a)
+        );
 
         let mut rest = s(b"h1");
         rest.extend_from_slice(&5u64.to_be_bytes());
         rest.extend_from_slice(&s(b"hello"));
-        let Request::Write { offset, data, .. } = parse_request(request(FXP_WRITE, 8, &rest)).unwrap()
+        let Request::Write { offset, data, .. } =
+            parse_request(request(FXP_WRITE, 8, &rest)).unwrap()
         else {
             panic!()
         };
@@ -429,8 +545,14 @@ mod tests {
 
     #[test]
     fn truncated_packets_are_malformed() {
-        assert_eq!(parse_request(request(FXP_READ, 1, &s(b"h"))).unwrap_err(), Malformed);
-        assert_eq!(parse_request(Bytes::from_static(&[FXP_OPEN, 0, 0])).unwrap_err(), Malformed);
+        assert_eq!(
+            parse_request(request(FXP_READ, 1, &s(b"h"))).unwrap_err(),
+            Malformed
+        );
+        assert_eq!(
+            parse_request(Bytes::from_static(&[FXP_OPEN, 0, 0])).unwrap_err(),
+            Malformed
+        );
         let mut huge = s(b"h");
         huge[0] = 0xff;
         assert!(parse_request(request(FXP_CLOSE, 1, &huge)).is_err());
@@ -451,7 +573,10 @@ mod tests {
     #[test]
     fn replies_have_correct_lengths() {
         let r = status(3, StatusCode::PermissionDenied, "no");
-        assert_eq!(u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize, r.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes([r[0], r[1], r[2], r[3]]) as usize,
+            r.len() - 4
+        );
         assert_eq!(r[4], FXP_STATUS);
         let v = version_reply();
         assert_eq!(&v[5..9], &3u32.to_be_bytes());

@@ -27,8 +27,7 @@ const REORDER_LIMIT: usize = 16 * 1024 * 1024;
 /// Entries per READDIR reply.
 const DIR_CHUNK: usize = 100;
 
-const RESUME_REFUSED: &str =
-    "resume is not supported; delete the partial file and send it again";
+const RESUME_REFUSED: &str = "resume is not supported; delete the partial file and send it again";
 
 /// An upload being written.
 struct Upload {
@@ -48,23 +47,27 @@ struct Staged {
 }
 
 enum OpenHandle {
-    Dir {
-        entries: Vec<NameEntry>,
-        pos: usize,
-    },
-    Read {
-        reader: BlobReader,
-        file: InboxFile,
-        covered: u64,
-        recorded: bool,
-    },
+    Dir { entries: Vec<NameEntry>, pos: usize },
+    Read(Box<Download>),
     Write(Box<Upload>),
+}
+
+/// An inbox file being read; `covered` is how far it has been read without a gap.
+struct Download {
+    reader: BlobReader,
+    file: InboxFile,
+    covered: u64,
+    recorded: bool,
 }
 
 /// What a path in a write folder currently is.
 enum WriteEntry {
     Staged(u64),
-    Pending { upload_id: i64, size: u64, created_at: String },
+    Pending {
+        upload_id: i64,
+        size: u64,
+        created_at: String,
+    },
     Dir,
     Missing,
 }
@@ -139,7 +142,10 @@ fn entry(name: &str, attrs: Attrs) -> NameEntry {
 
 /// The immediate children of `prefix` (a `/`-joined relative path, empty for the top) among
 /// `names`: files directly inside it, and the first component of anything deeper as a folder.
-fn children<'a>(prefix: &str, names: impl Iterator<Item = &'a str>) -> (Vec<&'a str>, BTreeSet<&'a str>) {
+fn children<'a>(
+    prefix: &str,
+    names: impl Iterator<Item = &'a str>,
+) -> (Vec<&'a str>, BTreeSet<&'a str>) {
     let mut files = Vec::new();
     let mut dirs = BTreeSet::new();
     for n in names {
@@ -205,8 +211,8 @@ impl SftpSession {
             Request::Fstat { id, handle } => {
                 let attrs = match self.handle_mut(&handle)? {
                     OpenHandle::Dir { .. } => dir_attrs(),
-                    OpenHandle::Read { file, .. } => {
-                        file_attrs(file.size, 0o640, text_to_secs(&file.created_at))
+                    OpenHandle::Read(d) => {
+                        file_attrs(d.file.size, 0o640, text_to_secs(&d.file.created_at))
                     }
                     OpenHandle::Write(u) => file_attrs(u.next_offset, 0o600, now_secs()),
                 };
@@ -543,7 +549,11 @@ impl SftpSession {
             names.map(|n| entry(&n, dir_attrs())).collect()
         };
         Ok(match node {
-            Node::Root => dirs(&mut root_folders(self.who.org.kind).into_iter().map(String::from)),
+            Node::Root => dirs(
+                &mut root_folders(self.who.org.kind)
+                    .into_iter()
+                    .map(String::from),
+            ),
             Node::InboxRoot => dirs(&mut self.hub_inbox_senders().await?.into_iter()),
             Node::OutboxRoot if self.who.org.kind == OrgKind::Hub => {
                 let mut names = self.hub_inbox_senders().await?;
@@ -557,12 +567,20 @@ impl SftpSession {
             Node::Inbox { sender, rel } => {
                 let files = self.inbox_files(sender.as_deref()).await?;
                 let prefix = rel.join("/");
-                let (names, subdirs) = children(&prefix, files.iter().map(|f| f.inbox_name.as_str()));
+                let (names, subdirs) =
+                    children(&prefix, files.iter().map(|f| f.inbox_name.as_str()));
                 let mut out = dirs(&mut subdirs.into_iter().map(String::from));
                 for n in names {
-                    let full = if prefix.is_empty() { n.to_string() } else { format!("{prefix}/{n}") };
+                    let full = if prefix.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{prefix}/{n}")
+                    };
                     if let Some(f) = files.iter().find(|f| f.inbox_name == full) {
-                        out.push(entry(n, file_attrs(f.size, 0o640, text_to_secs(&f.created_at))));
+                        out.push(entry(
+                            n,
+                            file_attrs(f.size, 0o640, text_to_secs(&f.created_at)),
+                        ));
                     }
                 }
                 out
@@ -592,9 +610,16 @@ impl SftpSession {
                 subdirs.extend(made_dirs);
                 let mut out = dirs(&mut subdirs.into_iter().map(String::from));
                 for n in names {
-                    let full = if prefix.is_empty() { n.to_string() } else { format!("{prefix}/{n}") };
+                    let full = if prefix.is_empty() {
+                        n.to_string()
+                    } else {
+                        format!("{prefix}/{n}")
+                    };
                     if let Some(f) = pending.iter().find(|f| f.name == full) {
-                        out.push(entry(n, file_attrs(f.size, 0o200, text_to_secs(&f.created_at))));
+                        out.push(entry(
+                            n,
+                            file_attrs(f.size, 0o200, text_to_secs(&f.created_at)),
+                        ));
                     } else if let Some((_, size)) = staged.iter().find(|(s, _)| **s == full) {
                         out.push(entry(n, file_attrs(*size, 0o600, now_secs())));
                     }
@@ -619,12 +644,12 @@ impl SftpSession {
                 let reader = tokio::task::spawn_blocking(move || gw.vault.open_blob(&vault_blob))
                     .await
                     .map_err(|e| FsError::Internal(e.into()))??;
-                self.add_handle(OpenHandle::Read {
+                self.add_handle(OpenHandle::Read(Box::new(Download {
                     reader,
                     file,
                     covered: 0,
                     recorded: false,
-                })
+                })))
             }
             Node::Write { folder, rel } if !rel.is_empty() => {
                 if pflags & FXF_READ != 0 {
@@ -637,12 +662,18 @@ impl SftpSession {
                 let key = (folder.path.clone(), name.clone());
                 match self.write_entry(&folder, &name).await? {
                     WriteEntry::Dir => {
-                        return Err(FsError::Failure(format!("{} is a folder", display_path(&segs))));
+                        return Err(FsError::Failure(format!(
+                            "{} is a folder",
+                            display_path(&segs)
+                        )));
                     }
                     WriteEntry::Staged(_) | WriteEntry::Pending { .. }
                         if pflags & FXF_EXCL != 0 =>
                     {
-                        return Err(FsError::Failure(format!("{} already exists", display_path(&segs))));
+                        return Err(FsError::Failure(format!(
+                            "{} already exists",
+                            display_path(&segs)
+                        )));
                     }
                     WriteEntry::Staged(_) | WriteEntry::Pending { .. }
                         if pflags & FXF_TRUNC == 0 || pflags & FXF_APPEND != 0 =>
@@ -698,15 +729,15 @@ impl SftpSession {
 
     async fn read(&mut self, handle: &[u8], offset: u64, len: u32) -> FsResult<Vec<u8>> {
         let key = Self::handle_key(handle)?;
-        let Some(OpenHandle::Read {
+        let Some(OpenHandle::Read(d)) = self.handles.get_mut(&key) else {
+            return Err(FsError::Failure("not a handle open for reading".into()));
+        };
+        let Download {
             reader,
             file,
             covered,
             recorded,
-        }) = self.handles.get_mut(&key)
-        else {
-            return Err(FsError::Failure("not a handle open for reading".into()));
-        };
+        } = d.as_mut();
         let len = len.min(p::MAX_READ) as usize;
         let data = if offset >= file.size {
             Vec::new()
@@ -718,10 +749,10 @@ impl SftpSession {
         }
         if !*recorded && *covered >= file.size {
             *recorded = true;
-            let entry = self
-                .who
-                .audit("download", "ok")
-                .detail(format!("delivery {}: {}", file.delivery_id, file.inbox_name));
+            let entry = self.who.audit("download", "ok").detail(format!(
+                "delivery {}: {}",
+                file.delivery_id, file.inbox_name
+            ));
             self.gw
                 .db
                 .mark_downloaded(file.delivery_id, &self.who.username, &entry)
@@ -743,7 +774,9 @@ impl SftpSession {
         }
         let end = offset.saturating_add(data.len() as u64);
         let problem = if end > max {
-            Some(format!("the file is larger than the limit of {max} bytes; nothing was stored"))
+            Some(format!(
+                "the file is larger than the limit of {max} bytes; nothing was stored"
+            ))
         } else if end > up.quota_left {
             Some("your organisation's storage quota is used up; nothing was stored".to_string())
         } else if offset < up.next_offset {
@@ -887,10 +920,10 @@ impl SftpSession {
         match node {
             Node::Inbox { sender, rel } if !rel.is_empty() => {
                 let file = self.inbox_file(sender.as_deref(), &rel).await?;
-                let entry = self
-                    .who
-                    .audit("inbox delete", "ok")
-                    .detail(format!("delivery {}: {}", file.delivery_id, file.inbox_name));
+                let entry = self.who.audit("inbox delete", "ok").detail(format!(
+                    "delivery {}: {}",
+                    file.delivery_id, file.inbox_name
+                ));
                 self.gw.db.delete_delivery(file.delivery_id, &entry).await?;
                 Ok(())
             }
@@ -918,10 +951,14 @@ impl SftpSession {
                             _ => Err(FsError::NotFound(format!("{} does not exist", display_path(&segs)))),
                         }
                     }
-                    WriteEntry::Dir => Err(FsError::Failure(format!("{} is a folder", display_path(&segs)))),
-                    WriteEntry::Missing => {
-                        Err(FsError::NotFound(format!("{} does not exist", display_path(&segs))))
-                    }
+                    WriteEntry::Dir => Err(FsError::Failure(format!(
+                        "{} is a folder",
+                        display_path(&segs)
+                    ))),
+                    WriteEntry::Missing => Err(FsError::NotFound(format!(
+                        "{} does not exist",
+                        display_path(&segs)
+                    ))),
                 }
             }
             _ => Err(FsError::Denied(format!(
@@ -954,7 +991,10 @@ impl SftpSession {
             )));
         }
         let (name, new_name) = (rel.join("/"), to_rel.join("/"));
-        if !matches!(self.write_entry(&folder, &new_name).await?, WriteEntry::Missing) {
+        if !matches!(
+            self.write_entry(&folder, &new_name).await?,
+            WriteEntry::Missing
+        ) {
             return Err(FsError::Failure(format!(
                 "{} already exists",
                 display_path(&to_segs)
@@ -963,7 +1003,10 @@ impl SftpSession {
         match self.write_entry(&folder, &name).await? {
             WriteEntry::Staged(_) => {
                 let Some(staged) = self.staged.remove(&(folder.path.clone(), name)) else {
-                    return Err(FsError::NotFound(format!("{} does not exist", display_path(&from_segs))));
+                    return Err(FsError::NotFound(format!(
+                        "{} does not exist",
+                        display_path(&from_segs)
+                    )));
                 };
                 if is_temp_name(&new_name) {
                     self.staged.insert((folder.path.clone(), new_name), staged);
@@ -1040,19 +1083,25 @@ impl SftpSession {
         for (_, h) in std::mem::take(&mut self.handles) {
             if let OpenHandle::Write(up) = h {
                 let Upload {
-                    folder, name, writer, ..
+                    folder,
+                    name,
+                    writer,
+                    ..
                 } = *up;
                 drop(writer);
-                self.audit_aborted(&folder, &name, "connection closed before the file was complete")
-                    .await;
+                self.audit_aborted(
+                    &folder,
+                    &name,
+                    "connection closed before the file was complete",
+                )
+                .await;
             }
         }
         for ((folder_path, name), s) in std::mem::take(&mut self.staged) {
             self.gw.vault.discard(&s.sealed);
-            let entry = self
-                .who
-                .audit("upload aborted", "aborted")
-                .detail(format!("/{folder_path}/{name}: partial file never renamed; discarded"));
+            let entry = self.who.audit("upload aborted", "aborted").detail(format!(
+                "/{folder_path}/{name}: partial file never renamed; discarded"
+            ));
             if let Err(e) = self.gw.db.audit(&entry).await {
                 tracing::error!("cannot write audit entry: {e:#}");
             }

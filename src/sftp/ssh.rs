@@ -32,8 +32,7 @@ const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
 
 /// A valid argon2id hash of a random password: verified against when the user is unknown or has
 /// no password, so that every password attempt costs the same.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aG3Qb7BfEvvZ5CTP2zFi0PZx+nO/5W5m8Qq1Xk3Zl4";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aG3Qb7BfEvvZ5CTP2zFi0PZx+nO/5W5m8Qq1Xk3Zl4";
 
 pub fn russh_config(gw: &Gateway, keys: &Keys) -> russh::server::Config {
     let limits = &gw.config.limits;
@@ -139,7 +138,10 @@ pub async fn accept_loop(
 /// Logs how a connection ended; a failed negotiation names what the client offered and the
 /// config switch that would admit it.
 fn log_session_end(peer: SocketAddr, e: &anyhow::Error) {
-    if matches!(e.downcast_ref::<russh::Error>(), Some(russh::Error::InactivityTimeout)) {
+    if matches!(
+        e.downcast_ref::<russh::Error>(),
+        Some(russh::Error::InactivityTimeout)
+    ) {
         tracing::info!(address = %peer.ip(), "connection closed after the idle timeout");
         return;
     }
@@ -178,9 +180,9 @@ enum Credential<'a> {
 }
 
 fn key_matches(user: &LoginUser, offered: &PublicKey) -> bool {
-    user.keys.iter().any(|line| {
-        PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == offered.key_data())
-    })
+    user.keys
+        .iter()
+        .any(|line| PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == offered.key_data()))
 }
 
 fn password_matches(hash: Option<&str>, password: &str) -> bool {
@@ -281,7 +283,10 @@ impl Connection {
                     sanitize(username)
                 );
                 if newly_banned {
-                    tracing::warn!("banned {ip} or user {} for repeated failures", sanitize(username));
+                    tracing::warn!(
+                        "banned {ip} or user {} for repeated failures",
+                        sanitize(username)
+                    );
                 }
                 let entry = AuditEntry::new("login", "failed")
                     .by(&sanitize(username), "", &ip.to_string())
@@ -312,7 +317,13 @@ impl Connection {
 fn sanitize(s: &str) -> String {
     s.chars()
         .take(64)
-        .map(|c| if c.is_control() || c.is_whitespace() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || c.is_whitespace() {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -411,7 +422,9 @@ impl russh::server::Handler for Connection {
         session.extended_data(
             channel,
             1,
-            Bytes::from_static(b"apgate: only the sftp subsystem is available (scp uses it by default)\r\n"),
+            Bytes::from_static(
+                b"apgate: only the sftp subsystem is available (scp uses it by default)\r\n",
+            ),
         )?;
         session.channel_failure(channel)?;
         Ok(())
@@ -536,7 +549,8 @@ async fn serve_requests<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static
             buf.extend_from_slice(&chunk);
         };
         let reply = if !initialised {
-            let version = p::parse_init(&packet).map_err(|_| anyhow::anyhow!("expected SFTP INIT"))?;
+            let version =
+                p::parse_init(&packet).map_err(|_| anyhow::anyhow!("expected SFTP INIT"))?;
             tracing::debug!(client_version = version, "sftp init");
             initialised = true;
             p::version_reply()

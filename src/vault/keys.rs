@@ -69,11 +69,17 @@ pub fn init(dir: &Path) -> anyhow::Result<Keys> {
             .public_key()
             .to_openssh()
             .map_err(|e| anyhow::anyhow!("cannot encode host key: {e}"))?;
-        fs::write(dir.join(format!("{HOST_KEY_FILE}.pub")), format!("{public}\n"))?;
+        fs::write(
+            dir.join(format!("{HOST_KEY_FILE}.pub")),
+            format!("{public}\n"),
+        )?;
     }
     let ids = dir.join(AGE_IDENTITIES_FILE);
     if !ids.exists() {
-        write_secret(&ids, age_identity_block(&age::x25519::Identity::generate()).as_bytes())?;
+        write_secret(
+            &ids,
+            age_identity_block(&age::x25519::Identity::generate()).as_bytes(),
+        )?;
     }
     load(dir)
 }

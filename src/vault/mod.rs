@@ -72,17 +72,14 @@ fn random_id() -> io::Result<String> {
 }
 
 impl Vault {
-    pub fn open(
-        data_dir: &Path,
-        keys: &keys::Keys,
-        escrow: &[String],
-    ) -> anyhow::Result<Vault> {
+    pub fn open(data_dir: &Path, keys: &keys::Keys, escrow: &[String]) -> anyhow::Result<Vault> {
         let store = data_dir.join("store");
         let spool = data_dir.join("spool");
         for d in [&store, &spool] {
             fs::create_dir_all(d).with_context(|| format!("cannot create {}", d.display()))?;
         }
-        let mut recipients: Vec<age::x25519::Recipient> = keys.current_recipient().into_iter().collect();
+        let mut recipients: Vec<age::x25519::Recipient> =
+            keys.current_recipient().into_iter().collect();
         for r in escrow {
             recipients.push(
                 r.parse()
@@ -201,10 +198,7 @@ fn encrypt_stream(
             None => return Err(io::Error::other("upload abandoned")),
         }
     }
-    let file = out
-        .finish()?
-        .into_inner()
-        .map_err(|e| e.into_error())?;
+    let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
     Ok(SealedBlob {
         blob,

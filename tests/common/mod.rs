@@ -64,8 +64,16 @@ impl Gateway {
             ("prov-b", "provider"),
         ] {
             g.cli_ok(&[
-                "org", "add", "--kind", kind, "--slug", slug, "--name", &format!("Org {slug}"),
-                "--coordinator-email", &format!("coord@{slug}.example.org"),
+                "org",
+                "add",
+                "--kind",
+                kind,
+                "--slug",
+                slug,
+                "--name",
+                &format!("Org {slug}"),
+                "--coordinator-email",
+                &format!("coord@{slug}.example.org"),
             ]);
             g.add_user(&format!("{slug}-user"), slug, &["coordinator", "dsl"]);
         }
@@ -116,7 +124,11 @@ impl Gateway {
             .open(self.path("serve.log"))
             .expect("log file");
         let child = Command::new(BIN)
-            .args(["--config", self.config.to_str().unwrap_or_default(), "serve"])
+            .args([
+                "--config",
+                self.config.to_str().unwrap_or_default(),
+                "serve",
+            ])
             .env("RUST_LOG", "info,apgate=debug")
             .stdout(Stdio::null())
             .stderr(log)
@@ -128,7 +140,11 @@ impl Gateway {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
                 panic!("apgate serve exited with {status}:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "apgate serve did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "apgate serve did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -195,11 +211,16 @@ impl Gateway {
 
     fn ssh_options(&self) -> Vec<String> {
         [
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "StrictHostKeyChecking=no",
-            "-o", "LogLevel=ERROR",
-            "-o", "ConnectTimeout=10",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "ConnectTimeout=10",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -275,7 +296,11 @@ impl Gateway {
             .arg(sql)
             .output()
             .expect("sqlite3");
-        assert!(out.status.success(), "sqlite3 {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "sqlite3 {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -304,12 +329,18 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 pub fn rand_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Deterministic pseudo-random bytes (content that compresses badly and is easy to compare).
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
