@@ -1,0 +1,250 @@
+#!/usr/bin/env python3
+"""Throughput of apgate against OpenSSH's sshd + internal-sftp, side by side on loopback.
+
+Both servers run on 127.0.0.1 with their files on tmpfs; the same OpenSSH `sftp` client moves the
+same file with the same cipher. apgate encrypts at rest with age, sshd stores plaintext. For each
+cipher and direction: median MB/s of N runs, server CPU seconds per GiB, and the ratio
+apgate/OpenSSH. Then 200 concurrent sessions each upload 100 KiB: wall time and apgate's peak RSS.
+
+    python3 bench/throughput.py [--size-mib 1024] [--runs 3] [--sessions 200]
+
+Needs: cargo, OpenSSH client and server (/usr/sbin/sshd), ssh-keygen. Not part of the test suite.
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK = os.sysconf("SC_CLK_TCK")
+CIPHERS = ["aes128-gcm@openssh.com", "chacha20-poly1305@openssh.com"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    sys.exit(f"nothing listening on {port}")
+
+
+def cpu_seconds(pid, children=False):
+    """utime+stime of a process (and of its reaped children when asked), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime is field 14, stime 15, cutime 16, cstime 17.
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK
+
+
+def peak_rss_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def sftp(port, key, user, cipher, batch_text, work, extra=()):
+    batch = os.path.join(work, f"batch-{time.monotonic_ns()}")
+    with open(batch, "w") as f:
+        f.write(batch_text)
+    cmd = [
+        "sftp", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        "-o", f"UserKnownHostsFile={work}/known_hosts", "-o", "IdentitiesOnly=yes",
+        "-o", f"Ciphers={cipher}", "-o", "LogLevel=ERROR", "-i", key, "-P", str(port),
+        *extra, "-b", batch, f"{user}@127.0.0.1",
+    ]
+    start = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    elapsed = time.monotonic() - start
+    if r.returncode != 0:
+        sys.exit(f"sftp failed: {r.stdout}{r.stderr}")
+    return elapsed
+
+
+class Apgate:
+    def __init__(self, work, binary):
+        self.dir = os.path.join(work, "apgate")
+        os.makedirs(os.path.join(self.dir, "clients"))
+        self.port = free_port()
+        self.binary = binary
+        self.config = os.path.join(self.dir, "apgate.yaml")
+        with open(self.config, "w") as f:
+            f.write(
+                f"listen: 127.0.0.1:{self.port}\ndata_dir: ./data\nkeys_dir: ./keys\n"
+                "limits: { max_file_size: 8GiB, quota_per_org: 1TiB, sessions_per_user: 512,\n"
+                "          connections_per_second: 2000, handles_per_session: 64 }\n"
+                "log: { level: warn }\n"
+            )
+        self.cli("init")
+        for slug, kind in [("cap", "hub"), ("school-a", "school")]:
+            self.cli("org", "add", "--kind", kind, "--slug", slug, "--name", slug)
+            key = os.path.join(self.dir, "clients", slug)
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+            self.cli("user", "add", "--org", slug, "--username", f"{slug}-user", "--role", "coordinator",
+                     "--key-file", key + ".pub")
+        log = open(os.path.join(self.dir, "serve.log"), "w")
+        self.proc = subprocess.Popen([binary, "--config", self.config, "serve"], stderr=log)
+        wait_port(self.port)
+
+    def cli(self, *args):
+        subprocess.run([self.binary, "--config", self.config, *args], check=True, capture_output=True)
+
+    def key(self, slug):
+        return os.path.join(self.dir, "clients", slug)
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def drop_stored(self):
+        shutil.rmtree(os.path.join(self.dir, "data", "store"), ignore_errors=True)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class OpenSSH:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "sshd")
+        os.makedirs(os.path.join(self.dir, "files"))
+        self.port = free_port()
+        hostkey = os.path.join(self.dir, "host_ed25519")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", hostkey], check=True)
+        key = os.path.join(self.dir, "client")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+        shutil.copy(key + ".pub", os.path.join(self.dir, "authorized_keys"))
+        self.key = key
+        self.user = os.environ.get("USER") or "root"
+        config = os.path.join(self.dir, "sshd_config")
+        with open(config, "w") as f:
+            f.write(
+                f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {hostkey}\n"
+                f"PidFile {self.dir}/sshd.pid\nAuthorizedKeysFile {self.dir}/authorized_keys\n"
+                "StrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+                "UsePAM no\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+                "MaxStartups 1000:30:1000\nMaxSessions 1000\n"
+            )
+        os.makedirs("/run/sshd", exist_ok=True)
+        self.proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-f", config, "-E", f"{self.dir}/log"])
+        wait_port(self.port)
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid, children=True)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def measure(run, cpu, size):
+    before = cpu()
+    seconds = run()
+    time.sleep(0.3)  # let the server finish its side of the close
+    used = cpu() - before
+    return size / seconds / 1e6, used / (size / 2**30)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--sessions", type=int, default=200)
+    ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    args = ap.parse_args()
+
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    binary = os.path.join(REPO, "target", "release", "apgate")
+    work = tempfile.mkdtemp(prefix="apgate-bench-", dir=args.tmp)
+    size = args.size_mib * 2**20
+    src = os.path.join(work, "source.bin")
+    with open(src, "wb") as f:
+        chunk = os.urandom(2**20)
+        for _ in range(args.size_mib):
+            f.write(chunk)
+    back = os.path.join(work, "back.bin")
+
+    ag, ssh = Apgate(work, binary), OpenSSH(work)
+    print(f"file {args.size_mib} MiB on {args.tmp or 'the default temp dir'}; median of {args.runs} runs; "
+          f"OpenSSH client: {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
+    try:
+        # Many small sessions at once (first, so apgate's peak RSS is theirs alone).
+        small = os.path.join(work, "small.bin")
+        with open(small, "wb") as f:
+            f.write(os.urandom(100 * 1024))
+
+        def one(i, port, key, user, dest):
+            return sftp(port, key, user, CIPHERS[0], f"put {small} {dest}/s-{i}.bin\n", work)
+
+        for label, port, key, user, dest in [
+            ("OpenSSH", ssh.port, ssh.key, ssh.user, os.path.join(ssh.dir, "files")),
+            ("apgate", ag.port, ag.key("school-a"), "school-a-user", "/outbox/coordinator"),
+        ]:
+            start = time.monotonic()
+            with ThreadPoolExecutor(max_workers=args.sessions) as pool:
+                list(pool.map(lambda i: one(i, port, key, user, dest), range(args.sessions)))
+            wall = time.monotonic() - start
+            extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB" if label == "apgate" else ""
+            print(f"{args.sessions} concurrent sessions x 100 KiB to {label}: all succeeded in {wall:.2f} s{extra}")
+        print(f"{'cipher':32} {'dir':5} {'OpenSSH MB/s':>12} {'apgate MB/s':>12} {'ratio':>6} "
+              f"{'sshd CPU s/GiB':>15} {'apgate CPU s/GiB':>17}")
+        for cipher in CIPHERS:
+            rows = {"up": ([], []), "down": ([], [])}
+            for i in range(args.runs):
+                name = f"big-{i}.bin"
+                # OpenSSH, plaintext on disk.
+                rows["up"][0].append(measure(
+                    lambda: sftp(ssh.port, ssh.key, ssh.user, cipher,
+                                 f"put {src} {ssh.dir}/files/{name}\n", work), ssh.cpu, size))
+                rows["down"][0].append(measure(
+                    lambda: sftp(ssh.port, ssh.key, ssh.user, cipher,
+                                 f"get {ssh.dir}/files/{name} {back}\n", work), ssh.cpu, size))
+                os.remove(os.path.join(ssh.dir, "files", name))
+                os.remove(back)
+                # apgate, age at rest.
+                rows["up"][1].append(measure(
+                    lambda: sftp(ag.port, ag.key("cap"), "cap-user", cipher,
+                                 f"put {src} /outbox/school-a/coordinator/{cipher[:6]}-{name}\n", work),
+                    ag.cpu, size))
+                rows["down"][1].append(measure(
+                    lambda: sftp(ag.port, ag.key("school-a"), "school-a-user", cipher,
+                                 f"get /inbox/{cipher[:6]}-{name} {back}\n", work), ag.cpu, size))
+                if os.path.getsize(back) != size:
+                    sys.exit("apgate download has the wrong size")
+                os.remove(back)
+                ag.drop_stored()
+            for direction, (o, a) in rows.items():
+                o_mbs = statistics.median(x[0] for x in o)
+                a_mbs = statistics.median(x[0] for x in a)
+                o_cpu = statistics.median(x[1] for x in o)
+                a_cpu = statistics.median(x[1] for x in a)
+                print(f"{cipher:32} {direction:5} {o_mbs:12.0f} {a_mbs:12.0f} {a_mbs / o_mbs:6.2f} "
+                      f"{o_cpu:15.2f} {a_cpu:17.2f}", flush=True)
+
+    finally:
+        ag.stop()
+        ssh.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
