@@ -1,6 +1,6 @@
 //! The `apgate` command line: parse, load config, call into the library.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -155,7 +155,13 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                 .keep(),
         };
         let (config, users) = demo::prepare(&dir, port).await?;
-        println!("{}", demo::instructions(&dir, &config, &users));
+        // A reader that goes away (a closed pipe) must not stop the gateway.
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}",
+            demo::instructions(&dir, &config, &users)
+        );
+        let _ = std::io::stdout().flush();
         serve::serve(config).await?;
         return Ok(String::new());
     }
@@ -262,7 +268,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(out) => {
             if !out.is_empty() {
-                println!("{}", out.trim_end());
+                let _ = writeln!(std::io::stdout(), "{}", out.trim_end());
             }
             ExitCode::SUCCESS
         }

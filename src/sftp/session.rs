@@ -253,10 +253,7 @@ impl SftpSession {
                 handle,
                 offset,
                 len,
-            } => {
-                let data = self.read(&handle, offset, len).await?;
-                Ok(p::data(id, &data))
-            }
+            } => self.read(id, &handle, offset, len).await,
             Request::Write {
                 id,
                 handle,
@@ -727,7 +724,8 @@ impl SftpSession {
             .saturating_sub(used + staged))
     }
 
-    async fn read(&mut self, handle: &[u8], offset: u64, len: u32) -> FsResult<Vec<u8>> {
+    /// Reads straight into the DATA reply; records the download once the whole file was read.
+    async fn read(&mut self, id: u32, handle: &[u8], offset: u64, len: u32) -> FsResult<Bytes> {
         let key = Self::handle_key(handle)?;
         let Some(OpenHandle::Read(d)) = self.handles.get_mut(&key) else {
             return Err(FsError::Failure("not a handle open for reading".into()));
@@ -738,14 +736,17 @@ impl SftpSession {
             covered,
             recorded,
         } = d.as_mut();
-        let len = len.min(p::MAX_READ) as usize;
-        let data = if offset >= file.size {
-            Vec::new()
+        let len = u64::from(len.min(p::MAX_READ)).min(file.size.saturating_sub(offset)) as usize;
+        let reply = if len == 0 {
+            None
         } else {
-            tokio::task::block_in_place(|| reader.read_at(offset, len))?
+            tokio::task::block_in_place(|| {
+                p::data_with(id, len, |buf| reader.read_at(offset, buf))
+            })?
         };
+        let got = reply.as_ref().map_or(0, |(_, n)| *n) as u64;
         if offset <= *covered {
-            *covered = (*covered).max(offset + data.len() as u64);
+            *covered = (*covered).max(offset + got);
         }
         if !*recorded && *covered >= file.size {
             *recorded = true;
@@ -758,10 +759,7 @@ impl SftpSession {
                 .mark_downloaded(file.delivery_id, &self.who.username, &entry)
                 .await?;
         }
-        if data.is_empty() {
-            return Err(FsError::Eof);
-        }
-        Ok(data)
+        reply.map(|(packet, _)| packet).ok_or(FsError::Eof)
     }
 
     async fn write(&mut self, handle: &[u8], offset: u64, data: Bytes) -> FsResult<()> {

@@ -497,19 +497,34 @@ async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
     let queued = Arc::new(AtomicUsize::new(0));
     let queued_in = queued.clone();
     let drain = tokio::spawn(async move {
+        // Frames packets here, so each byte is copied once on its way to the session.
+        let mut buf = BytesMut::with_capacity(512 * 1024);
         while let Some(msg) = read_half.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    let n = data.len();
-                    if queued_in.fetch_add(n, Ordering::AcqRel) + n > INBOUND_LIMIT {
-                        tracing::warn!("client sent requests faster than allowed; disconnecting");
-                        break;
-                    }
-                    if tx.send(Bytes::copy_from_slice(&data)).is_err() {
-                        break;
+                    buf.extend_from_slice(&data);
+                    loop {
+                        let packet = match p::next_packet(&mut buf) {
+                            Ok(Some(packet)) => packet,
+                            Ok(None) => break,
+                            Err(_) => {
+                                tracing::warn!("malformed or oversized SFTP packet; disconnecting");
+                                return;
+                            }
+                        };
+                        let n = packet.len();
+                        if queued_in.fetch_add(n, Ordering::AcqRel) + n > INBOUND_LIMIT {
+                            tracing::warn!(
+                                "client sent requests faster than allowed; disconnecting"
+                            );
+                            return;
+                        }
+                        if tx.send(packet).is_err() {
+                            return;
+                        }
                     }
                 }
-                ChannelMsg::Eof | ChannelMsg::Close => break,
+                ChannelMsg::Eof | ChannelMsg::Close => return,
                 _ => {}
             }
         }
@@ -533,21 +548,9 @@ async fn serve_requests<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static
     queued: &AtomicUsize,
     out: &russh::ChannelWriteHalf<S>,
 ) -> anyhow::Result<()> {
-    let mut buf = BytesMut::with_capacity(512 * 1024);
     let mut initialised = false;
-    loop {
-        let packet = loop {
-            match p::next_packet(&mut buf) {
-                Ok(Some(packet)) => break packet,
-                Ok(None) => {}
-                Err(_) => anyhow::bail!("malformed or oversized SFTP packet"),
-            }
-            let Some(chunk) = rx.recv().await else {
-                return Ok(());
-            };
-            queued.fetch_sub(chunk.len(), Ordering::AcqRel);
-            buf.extend_from_slice(&chunk);
-        };
+    while let Some(packet) = rx.recv().await {
+        queued.fetch_sub(packet.len(), Ordering::AcqRel);
         let reply = if !initialised {
             let version =
                 p::parse_init(&packet).map_err(|_| anyhow::anyhow!("expected SFTP INIT"))?;
@@ -571,4 +574,5 @@ async fn serve_requests<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static
             .await
             .context("cannot send reply to the client")?;
     }
+    Ok(())
 }

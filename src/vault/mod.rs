@@ -215,15 +215,14 @@ pub struct BlobReader {
 }
 
 impl BlobReader {
-    /// Reads up to `len` bytes at `offset`; an empty result means end of file.
-    pub fn read_at(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    /// Fills `buf` from `offset` as far as the file goes; returns the bytes read (0 at the end).
+    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         if offset != self.pos {
             self.reader.seek(SeekFrom::Start(offset))?;
             self.pos = offset;
         }
-        let mut buf = vec![0u8; len];
         let mut filled = 0;
-        while filled < len {
+        while filled < buf.len() {
             match self.reader.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
@@ -231,8 +230,7 @@ impl BlobReader {
                 Err(e) => return Err(e),
             }
         }
-        buf.truncate(filled);
         self.pos += filled as u64;
-        Ok(buf)
+        Ok(filled)
     }
 }
