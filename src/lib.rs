@@ -16,6 +16,8 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod gateway;
+pub mod ingest;
+pub mod reports;
 pub mod serve;
 pub mod sftp;
 pub mod vault;

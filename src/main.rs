@@ -10,6 +10,7 @@ use apgate::admin::{self, UserSpec};
 use apgate::config::{Config, LogFormat};
 use apgate::db::{self, NewOrg};
 use apgate::domain::org::Role;
+use apgate::domain::tree::IngestKind;
 use apgate::{demo, serve, vault};
 
 #[derive(Parser)]
@@ -53,6 +54,23 @@ enum Command {
     /// Encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Ingests a file as if ORG had uploaded it into its ingest folder; prints the receipt.
+    Ingest {
+        file: PathBuf,
+        #[arg(long)]
+        org: String,
+        /// register, absences, referral, withdrawal or roster.
+        #[arg(long)]
+        kind: String,
+    },
+    /// Prints a report as CSV: training-records, unprocessed-absences, registers, transfers,
+    /// referrals, withdrawals, activity.
+    Report {
+        name: String,
+        /// Scope it to what this organisation sees (default: everything, as the hub sees it).
+        #[arg(long)]
+        org: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +211,49 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(format!(
                 "new age identity {recipient} encrypts new files from the next start of serve; old identities stay for reading"
             ))
+        }
+        Command::Ingest { file, org, kind } => {
+            let kind = IngestKind::parse(&kind).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--kind `{kind}` is not one of register, absences, referral, withdrawal, roster"
+                )
+            })?;
+            let (gw, _keys) = serve::open_gateway(config).await?;
+            let done = apgate::ingest::local::ingest_file(&gw, &org, kind, &file, "cli").await?;
+            let receipt = done.receipt.unwrap_or_default();
+            match done.unreadable {
+                Some(reason) => {
+                    anyhow::bail!("{receipt}\nthe file was stored but not applied: {reason}")
+                }
+                None => Ok(receipt),
+            }
+        }
+        Command::Report { name, org } => {
+            let db = db::open(&config.database.url).await?;
+            let org = match org {
+                Some(slug) => db
+                    .org_by_slug(&slug)
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("no organisation with slug `{slug}`"))?,
+                None => db
+                    .hub()
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("there is no hub organisation yet"))?,
+            };
+            let file = if name.ends_with(".csv") {
+                name.clone()
+            } else {
+                format!("{name}.csv")
+            };
+            apgate::reports::generate(db.as_ref(), &file, &org)
+                .await?
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "no report `{name}` for a {}; reports: {}",
+                        org.kind,
+                        apgate::reports::names(org.kind).join(", ")
+                    )
+                })
         }
         command => {
             let db = db::open(&config.database.url).await?;

@@ -48,6 +48,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("apgate listening on {}", listener.local_addr()?);
 
     tokio::spawn(end_disabled_sessions(gw.clone()));
+    tokio::spawn(crate::ingest::run_pending(gw.clone()));
     let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config, listener));
     shutdown_signal().await;
     tracing::info!("shutting down");

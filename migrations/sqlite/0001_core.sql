@@ -37,7 +37,7 @@ CREATE TABLE user_keys (
 CREATE TABLE uploads (
     id             INTEGER PRIMARY KEY,
     sender_org_id  INTEGER NOT NULL REFERENCES orgs (id),
-    sender_user_id INTEGER NOT NULL REFERENCES users (id),
+    sender_user_id INTEGER REFERENCES users (id),   -- NULL for files from the CLI or a drop folder
     folder         TEXT NOT NULL,      -- write folder it was sent from: outbox/dsl, registers, …
     name           TEXT NOT NULL,      -- name in the sender's folder (may hold a sub-folder path)
     recipient_role TEXT NOT NULL,

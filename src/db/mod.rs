@@ -2,6 +2,8 @@
 //! implementation per backend. The backend is picked once, from the URL scheme, by [`open`].
 
 mod sqlite;
+mod sqlite_ingest;
+mod sqlite_reports;
 
 use std::sync::Arc;
 
@@ -9,6 +11,9 @@ use async_trait::async_trait;
 
 use crate::audit::{AuditEntry, AuditRecord};
 use crate::domain::org::{OrgKind, Role};
+use crate::domain::tree::IngestKind;
+use crate::ingest::Batch;
+use crate::ingest::receipt::ApplyReport;
 
 pub type Db = Arc<dyn Database>;
 
@@ -118,7 +123,8 @@ pub struct Recipient {
 #[derive(Debug, Clone)]
 pub struct NewUpload {
     pub sender_org_id: i64,
-    pub sender_user_id: i64,
+    /// `None` for files from the command line or a drop folder.
+    pub sender_user_id: Option<i64>,
     pub folder: String,
     pub name: String,
     pub recipient_role: Role,
@@ -132,6 +138,8 @@ pub struct NewUpload {
 #[derive(Debug, Clone)]
 pub struct CommittedUpload {
     pub upload_id: i64,
+    /// The ingest job written with an upload into an ingest folder.
+    pub job_id: Option<i64>,
     /// The name the sender sees in its outbox (a copy number when the name was in use).
     pub outbox_name: String,
     pub inbox_names: Vec<String>,
@@ -158,6 +166,115 @@ pub struct OutboxFile {
     pub name: String,
     pub size: u64,
     pub created_at: String,
+}
+
+/// An ingest job with what processing it needs to know.
+#[derive(Debug, Clone)]
+pub struct IngestJob {
+    pub job_id: i64,
+    pub upload_id: i64,
+    pub kind: IngestKind,
+    pub org: Org,
+    /// The sending user's name, or `cli` / `drop` for files without a user.
+    pub sender_label: String,
+    pub file_name: String,
+    pub blob: String,
+    pub size: u64,
+    pub sha256: String,
+    pub received_at: String,
+    pub done: bool,
+}
+
+/// A receipt as shown in `/receipts/`.
+#[derive(Debug, Clone)]
+pub struct ReceiptFile {
+    pub org_slug: String,
+    pub name: String,
+    pub body: String,
+    pub created_at: String,
+}
+
+/// Which marks a report reads: all (hub), a school's learners', or a provider's own.
+#[derive(Debug, Clone, Copy)]
+pub enum MarkScope {
+    All,
+    School(i64),
+    Provider(i64),
+}
+
+/// A mark as the reports show it.
+#[derive(Debug, Clone)]
+pub struct MarkRecord {
+    pub upn: String,
+    pub surname: String,
+    pub forename: String,
+    pub school: Option<String>,
+    pub provider: String,
+    pub course: String,
+    pub date: String,
+    pub start: String,
+    pub end: String,
+    pub status: String,
+    pub contribution: i64,
+    pub dfe_code: Option<String>,
+    pub note: Option<String>,
+    pub version: i64,
+    pub current: bool,
+    pub source: String,
+}
+
+/// One delivery of a transfer, for `transfers.csv`.
+#[derive(Debug, Clone)]
+pub struct TransferRecord {
+    pub sent_at: String,
+    pub sender: String,
+    pub sent_by: Option<String>,
+    pub recipient: String,
+    pub role: String,
+    pub folder: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub downloaded_by: Option<String>,
+    pub downloaded_at: Option<String>,
+    pub recalled_at: Option<String>,
+    pub expired_at: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReferralRecord {
+    pub reference: String,
+    pub school: String,
+    pub upn: String,
+    pub tier: i64,
+    pub received_at: String,
+    pub form: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct WithdrawalRecord {
+    pub reference: String,
+    pub requester: String,
+    pub provider: String,
+    pub upn: String,
+    pub course: String,
+    pub requested_last_day: String,
+    pub reason: String,
+    pub meeting_date: Option<String>,
+    pub received_at: String,
+    pub deadline: String,
+}
+
+/// Audit counts per organisation and day.
+#[derive(Debug, Clone)]
+pub struct ActivityRecord {
+    pub day: String,
+    pub org: String,
+    pub logins: i64,
+    pub failed_logins: i64,
+    pub uploads: i64,
+    pub downloads: i64,
+    pub denials: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,6 +346,31 @@ pub trait Database: Send + Sync {
     async fn org_usage(&self, org_id: i64) -> anyhow::Result<u64>;
     /// Every blob the database refers to (for cleaning orphans out of the store).
     async fn blob_names(&self) -> anyhow::Result<Vec<String>>;
+
+    async fn ingest_job(&self, job_id: i64) -> anyhow::Result<Option<IngestJob>>;
+    async fn pending_ingest_jobs(&self) -> anyhow::Result<Vec<i64>>;
+    /// The earlier file (`name at time`) with the same bytes, kind and sender that was applied.
+    async fn applied_duplicate(&self, job: &IngestJob) -> anyhow::Result<Option<String>>;
+    /// Applies a parsed file, stores its receipt and marks the job done, in one transaction.
+    /// `None` when the job was done already (nothing is applied twice).
+    async fn apply_ingest(
+        &self,
+        job: &IngestJob,
+        batch: &Batch,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<Option<ApplyReport>>;
+    /// Receipts of one organisation, or of all (`None`, for the hub).
+    async fn receipts(&self, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>>;
+
+    /// Marks in scope; `current_only` leaves out amended versions.
+    async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>>;
+    /// Deliveries sent or received by `org_id` (all for `None`).
+    async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>>;
+    /// Referrals of one school (all for `None`).
+    async fn referrals(&self, school_org_id: Option<i64>) -> anyhow::Result<Vec<ReferralRecord>>;
+    /// Withdrawals requested by or concerning `org_id` (all for `None`).
+    async fn withdrawals(&self, org_id: Option<i64>) -> anyhow::Result<Vec<WithdrawalRecord>>;
+    async fn activity(&self) -> anyhow::Result<Vec<ActivityRecord>>;
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.

@@ -14,7 +14,7 @@ use crate::domain::names::with_copy_number;
 use crate::domain::org::{format_roles, parse_roles};
 
 pub struct SqliteDb {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -44,13 +44,16 @@ impl SqliteDb {
         Ok(SqliteDb { pool })
     }
 
-    async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+    pub(super) async fn begin(&self) -> anyhow::Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
         // IMMEDIATE takes the write lock up front, so a read-then-write never fails with BUSY.
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
 
-async fn append_audit(conn: &mut SqliteConnection, e: &AuditEntry) -> anyhow::Result<()> {
+pub(super) async fn append_audit(
+    conn: &mut SqliteConnection,
+    e: &AuditEntry,
+) -> anyhow::Result<()> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *conn)
@@ -86,10 +89,10 @@ async fn append_audit(conn: &mut SqliteConnection, e: &AuditEntry) -> anyhow::Re
     Ok(())
 }
 
-const ORG_COLUMNS: &str =
+pub(super) const ORG_COLUMNS: &str =
     "id, slug, kind, name, urn, ukprn, coordinator_email, dsl_email, disabled";
 
-fn org_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Org> {
+pub(super) fn org_from_row(r: &sqlx::sqlite::SqliteRow) -> anyhow::Result<Org> {
     let kind: String = r.try_get("kind")?;
     Ok(Org {
         id: r.try_get("id")?,
@@ -458,22 +461,27 @@ impl Database for SqliteDb {
         .bind(&now)
         .execute(&mut *tx)
         .await?;
-        if let Some(kind) = &up.ingest_kind {
-            sqlx::query(
-                "INSERT INTO ingest_jobs (upload_id, kind, created_at, updated_at) VALUES ($1, $2, $3, $3)",
-            )
-            .bind(upload_id)
-            .bind(kind)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        let job_id = match &up.ingest_kind {
+            Some(kind) => Some(
+                sqlx::query_scalar(
+                    "INSERT INTO ingest_jobs (upload_id, kind, created_at, updated_at)
+                     VALUES ($1, $2, $3, $3) RETURNING id",
+                )
+                .bind(upload_id)
+                .bind(kind)
+                .bind(&now)
+                .fetch_one(&mut *tx)
+                .await?,
+            ),
+            None => None,
+        };
         let mut audit = audit.clone();
         audit.detail = format!("upload {upload_id}; {}", audit.detail);
         append_audit(&mut tx, &audit).await?;
         tx.commit().await?;
         Ok(CommittedUpload {
             upload_id,
+            job_id,
             outbox_name,
             inbox_names,
         })
@@ -698,6 +706,55 @@ impl Database for SqliteDb {
         Ok(sqlx::query_scalar("SELECT DISTINCT blob FROM uploads")
             .fetch_all(&self.pool)
             .await?)
+    }
+
+    async fn ingest_job(&self, job_id: i64) -> anyhow::Result<Option<IngestJob>> {
+        super::sqlite_ingest::ingest_job(self, job_id).await
+    }
+
+    async fn pending_ingest_jobs(&self) -> anyhow::Result<Vec<i64>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM ingest_jobs WHERE state = 'pending' ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn applied_duplicate(&self, job: &IngestJob) -> anyhow::Result<Option<String>> {
+        super::sqlite_ingest::applied_duplicate(self, job).await
+    }
+
+    async fn apply_ingest(
+        &self,
+        job: &IngestJob,
+        batch: &Batch,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<Option<ApplyReport>> {
+        super::sqlite_ingest::apply_ingest(self, job, batch, audit).await
+    }
+
+    async fn receipts(&self, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>> {
+        super::sqlite_ingest::receipts(self, org_id).await
+    }
+
+    async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>> {
+        super::sqlite_reports::marks(self, scope, current_only).await
+    }
+
+    async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>> {
+        super::sqlite_reports::transfers(self, org_id).await
+    }
+
+    async fn referrals(&self, school_org_id: Option<i64>) -> anyhow::Result<Vec<ReferralRecord>> {
+        super::sqlite_reports::referrals(self, school_org_id).await
+    }
+
+    async fn withdrawals(&self, org_id: Option<i64>) -> anyhow::Result<Vec<WithdrawalRecord>> {
+        super::sqlite_reports::withdrawals(self, org_id).await
+    }
+
+    async fn activity(&self) -> anyhow::Result<Vec<ActivityRecord>> {
+        super::sqlite_reports::activity(self).await
     }
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {

@@ -47,9 +47,14 @@ struct Staged {
 }
 
 enum OpenHandle {
-    Dir { entries: Vec<NameEntry>, pos: usize },
+    Dir {
+        entries: Vec<NameEntry>,
+        pos: usize,
+    },
     Read(Box<Download>),
     Write(Box<Upload>),
+    /// A receipt or report, generated when opened.
+    Generated(Bytes),
 }
 
 /// An inbox file being read; `covered` is how far it has been read without a gap.
@@ -215,6 +220,7 @@ impl SftpSession {
                         file_attrs(d.file.size, 0o640, text_to_secs(&d.file.created_at))
                     }
                     OpenHandle::Write(u) => file_attrs(u.next_offset, 0o600, now_secs()),
+                    OpenHandle::Generated(b) => file_attrs(b.len() as u64, 0o440, now_secs()),
                 };
                 Ok(p::attrs(id, &attrs))
             }
@@ -374,6 +380,49 @@ impl SftpSession {
             .collect())
     }
 
+    // ----- receipts and reports -----
+
+    /// Receipts this organisation may read: its own, or for the hub those of `folder` (a slug).
+    async fn receipt_files(&self, folder: Option<&str>) -> FsResult<Vec<crate::db::ReceiptFile>> {
+        let all = if self.who.org.kind == OrgKind::Hub {
+            self.gw.db.receipts(None).await?
+        } else {
+            self.gw.db.receipts(Some(self.who.org.id)).await?
+        };
+        Ok(match (self.who.org.kind, folder) {
+            (OrgKind::Hub, Some(slug)) => all.into_iter().filter(|r| r.org_slug == slug).collect(),
+            (OrgKind::Hub, None) => Vec::new(),
+            _ => all,
+        })
+    }
+
+    /// One receipt by its path under /receipts.
+    async fn receipt(&self, rel: &[String]) -> FsResult<Option<(Bytes, u32)>> {
+        let (folder, name) = match (self.who.org.kind, rel) {
+            (OrgKind::Hub, [slug, name]) => (Some(slug.as_str()), name),
+            (OrgKind::School | OrgKind::Provider, [name]) => (None, name),
+            _ => return Ok(None),
+        };
+        Ok(self
+            .receipt_files(folder)
+            .await?
+            .into_iter()
+            .find(|r| &r.name == name)
+            .map(|r| (Bytes::from(r.body), text_to_secs(&r.created_at))))
+    }
+
+    /// A report generated now, scoped to what this organisation may see.
+    async fn report(&self, rel: &[String]) -> FsResult<Option<Bytes>> {
+        let [name] = rel else {
+            return Ok(None);
+        };
+        Ok(
+            crate::reports::generate(self.gw.db.as_ref(), name, &self.who.org)
+                .await?
+                .map(Bytes::from),
+        )
+    }
+
     // ----- write folders -----
 
     /// Checks that `folder` is a real destination for this user and returns its recipients.
@@ -487,7 +536,21 @@ impl SftpSession {
         match node {
             Node::Root | Node::InboxRoot | Node::OutboxRoot => Ok(dir_attrs()),
             Node::Receipts { rel } | Node::Reports { rel } if rel.is_empty() => Ok(dir_attrs()),
-            Node::Receipts { .. } | Node::Reports { .. } => Err(missing()),
+            Node::Receipts { rel } => {
+                if self.who.org.kind == OrgKind::Hub && rel.len() == 1 {
+                    return if self.hub_inbox_senders().await?.contains(&rel[0]) {
+                        Ok(dir_attrs())
+                    } else {
+                        Err(missing())
+                    };
+                }
+                let (body, mtime) = self.receipt(&rel).await?.ok_or_else(missing)?;
+                Ok(file_attrs(body.len() as u64, 0o440, mtime))
+            }
+            Node::Reports { rel } => {
+                let body = self.report(&rel).await?.ok_or_else(missing)?;
+                Ok(file_attrs(body.len() as u64, 0o440, now_secs()))
+            }
             Node::OutboxTarget(target) => {
                 let folder = WriteFolder {
                     path: String::new(),
@@ -560,7 +623,27 @@ impl SftpSession {
             Node::OutboxRoot | Node::OutboxTarget(_) => {
                 dirs(&mut ["coordinator", "dsl"].into_iter().map(String::from))
             }
-            Node::Receipts { .. } | Node::Reports { .. } => Vec::new(),
+            Node::Receipts { rel } => {
+                if self.who.org.kind == OrgKind::Hub && rel.is_empty() {
+                    dirs(&mut self.hub_inbox_senders().await?.into_iter())
+                } else {
+                    let folder = rel.first().map(String::as_str);
+                    self.receipt_files(folder)
+                        .await?
+                        .into_iter()
+                        .map(|r| {
+                            entry(
+                                &r.name,
+                                file_attrs(r.body.len() as u64, 0o440, text_to_secs(&r.created_at)),
+                            )
+                        })
+                        .collect()
+                }
+            }
+            Node::Reports { .. } => crate::reports::names(self.who.org.kind)
+                .iter()
+                .map(|n| entry(n, file_attrs(0, 0o440, now_secs())))
+                .collect(),
             Node::Inbox { sender, rel } => {
                 let files = self.inbox_files(sender.as_deref()).await?;
                 let prefix = rel.join("/");
@@ -703,9 +786,23 @@ impl SftpSession {
                     quota_left,
                 })))
             }
-            Node::Receipts { rel } | Node::Reports { rel } if !rel.is_empty() => Err(
-                FsError::NotFound(format!("{} does not exist", display_path(&segs))),
-            ),
+            Node::Receipts { rel } | Node::Reports { rel } if !rel.is_empty() => {
+                if pflags & (FXF_WRITE | FXF_APPEND | FXF_CREAT | FXF_TRUNC) != 0 {
+                    return Err(FsError::Denied(format!(
+                        "{} is read-only",
+                        display_path(&segs)
+                    )));
+                }
+                let body = if segs[0] == "receipts" {
+                    self.receipt(&rel).await?.map(|(b, _)| b)
+                } else {
+                    self.report(&rel).await?
+                };
+                let body = body.ok_or_else(|| {
+                    FsError::NotFound(format!("{} does not exist", display_path(&segs)))
+                })?;
+                self.add_handle(OpenHandle::Generated(body))
+            }
             _ => Err(FsError::Failure(format!(
                 "{} is a folder",
                 display_path(&segs)
@@ -727,6 +824,19 @@ impl SftpSession {
     /// Reads straight into the DATA reply; records the download once the whole file was read.
     async fn read(&mut self, id: u32, handle: &[u8], offset: u64, len: u32) -> FsResult<Bytes> {
         let key = Self::handle_key(handle)?;
+        if let Some(OpenHandle::Generated(body)) = self.handles.get(&key) {
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(body.len());
+            let end = start
+                .saturating_add(len.min(p::MAX_READ) as usize)
+                .min(body.len());
+            return if start == end {
+                Err(FsError::Eof)
+            } else {
+                Ok(p::data(id, &body[start..end]))
+            };
+        }
         let Some(OpenHandle::Read(d)) = self.handles.get_mut(&key) else {
             return Err(FsError::Failure("not a handle open for reading".into()));
         };
@@ -882,7 +992,7 @@ impl SftpSession {
         }
         let upload = NewUpload {
             sender_org_id: self.who.org.id,
-            sender_user_id: self.who.user_id,
+            sender_user_id: Some(self.who.user_id),
             folder: folder.path.clone(),
             name: name.to_string(),
             recipient_role: folder.role,
@@ -902,7 +1012,24 @@ impl SftpSession {
                     user = %self.who.username, org = %self.who.org.slug, folder = %folder.path,
                     upload = c.upload_id, size = sealed.size, "transfer committed"
                 );
-                Ok(())
+                let Some(job) = c.job_id else {
+                    return Ok(());
+                };
+                // Ingest at once, so an unattended script sees an unreadable file refused at
+                // close. A fault here leaves the job pending for the background run.
+                match crate::ingest::process(&self.gw, job).await {
+                    Ok(Some(report)) => match report.unreadable {
+                        Some(reason) => Err(FsError::Failure(format!(
+                            "{name} was stored but NOT applied: {reason} (see /receipts/)"
+                        ))),
+                        None => Ok(()),
+                    },
+                    Ok(None) => Ok(()),
+                    Err(e) => {
+                        tracing::error!(job, "ingest failed, will retry: {e:#}");
+                        Ok(())
+                    }
+                }
             }
             Err(e) => {
                 if let Err(rm) = self.gw.vault.remove(&sealed.blob) {

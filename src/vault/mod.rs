@@ -208,6 +208,14 @@ fn encrypt_stream(
     })
 }
 
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.reader.read(buf)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 /// A decrypting reader over one stored file.
 pub struct BlobReader {
     reader: age::stream::StreamReader<BufReader<fs::File>>,

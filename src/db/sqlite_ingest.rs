@@ -1,0 +1,617 @@
+//! SQLite: ingest jobs and applying parsed files to the attendance and referral tables.
+
+use std::collections::HashMap;
+
+use chrono::Datelike;
+use sqlx::{Row, SqliteConnection};
+
+use super::sqlite::{ORG_COLUMNS, SqliteDb, append_audit, org_from_row};
+use super::*;
+use crate::domain::attendance::Status;
+use crate::domain::dates::add_working_days;
+use crate::ingest::absences::AbsenceDecision;
+use crate::ingest::forms::{Referral, Withdrawal};
+use crate::ingest::receipt::{ReceiptHeader, receipt_name, render};
+use crate::ingest::register::RegisterRow;
+use crate::ingest::roster::RosterRow;
+use crate::ingest::table::RowResult;
+
+pub(super) async fn ingest_job(db: &SqliteDb, job_id: i64) -> anyhow::Result<Option<IngestJob>> {
+    let row = sqlx::query(&format!(
+        "SELECT j.id AS job_id, j.kind AS job_kind, j.state, u.id AS upload_id, u.name AS file_name,
+                u.blob, u.size, u.sha256, u.created_at AS received_at,
+                COALESCE(us.username, 'cli') AS sender_label,
+                {}
+         FROM ingest_jobs j JOIN uploads u ON u.id = j.upload_id
+         JOIN orgs o ON o.id = u.sender_org_id
+         LEFT JOIN users us ON us.id = u.sender_user_id
+         WHERE j.id = $1",
+        ORG_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+    .bind(job_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let kind: String = r.try_get("job_kind")?;
+    Ok(Some(IngestJob {
+        job_id: r.try_get("job_id")?,
+        upload_id: r.try_get("upload_id")?,
+        kind: IngestKind::parse(&kind)
+            .ok_or_else(|| anyhow::anyhow!("unknown ingest kind {kind}"))?,
+        org: org_from_row(&r)?,
+        sender_label: r.try_get("sender_label")?,
+        file_name: r.try_get("file_name")?,
+        blob: r.try_get("blob")?,
+        size: r.try_get::<i64, _>("size")? as u64,
+        sha256: r.try_get("sha256")?,
+        received_at: r.try_get("received_at")?,
+        done: r.try_get::<String, _>("state")? != "pending",
+    }))
+}
+
+pub(super) async fn applied_duplicate(
+    db: &SqliteDb,
+    job: &IngestJob,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "SELECT u.name, u.created_at FROM uploads u JOIN ingest_jobs j ON j.upload_id = u.id
+         WHERE u.sender_org_id = $1 AND j.kind = $2 AND u.sha256 = $3 AND u.id <> $4
+           AND j.state = 'done' AND j.outcome IS NULL
+         ORDER BY u.id LIMIT 1",
+    )
+    .bind(job.org.id)
+    .bind(job.kind.as_str())
+    .bind(&job.sha256)
+    .bind(job.upload_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|(name, at)| format!("{name} received at {at}")))
+}
+
+pub(super) async fn receipts(
+    db: &SqliteDb,
+    org_id: Option<i64>,
+) -> anyhow::Result<Vec<ReceiptFile>> {
+    let rows = sqlx::query(
+        "SELECT o.slug, r.name, r.body, r.created_at FROM receipts r JOIN orgs o ON o.id = r.org_id
+         WHERE $1 IS NULL OR r.org_id = $1 ORDER BY r.name",
+    )
+    .bind(org_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ReceiptFile {
+                org_slug: r.try_get("slug")?,
+                name: r.try_get("name")?,
+                body: r.try_get("body")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+async fn insert_event(
+    conn: &mut SqliteConnection,
+    kind: &str,
+    upload_id: i64,
+    payload: serde_json::Value,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO events (kind, upload_id, payload, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(kind)
+    .bind(upload_id)
+    .bind(payload.to_string())
+    .bind(now_text())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+pub(super) async fn apply_ingest(
+    db: &SqliteDb,
+    job: &IngestJob,
+    batch: &Batch,
+    audit: &AuditEntry,
+) -> anyhow::Result<Option<ApplyReport>> {
+    let mut tx = db.begin().await?;
+    // Claim the job inside the transaction: a second run (another process, a retry after a
+    // crash) finds it done and applies nothing.
+    let claimed = sqlx::query(
+        "UPDATE ingest_jobs SET state = 'done', attempts = attempts + 1, updated_at = $1
+         WHERE id = $2 AND state = 'pending'",
+    )
+    .bind(now_text())
+    .bind(job.job_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(None);
+    }
+    let mut report = ApplyReport::default();
+    match batch {
+        Batch::Unreadable(reason) => report.unreadable = Some(reason.clone()),
+        Batch::Duplicate(of) => report.duplicate_of = Some(of.clone()),
+        Batch::Register(rows) => apply_register(&mut tx, job, rows, &mut report).await?,
+        Batch::Absences(rows) => apply_absences(&mut tx, job, rows, &mut report).await?,
+        Batch::Roster(rows) => apply_roster(&mut tx, job, rows, &mut report).await?,
+        Batch::Referral(rows) => apply_referrals(&mut tx, job, rows, &mut report).await?,
+        Batch::Withdrawal(rows) => apply_withdrawals(&mut tx, job, rows, &mut report).await?,
+    }
+    let header = ReceiptHeader {
+        file_name: &job.file_name,
+        organisation: &format!("{} ({})", job.org.name, job.org.slug),
+        kind: job.kind.as_str(),
+        received_at: &job.received_at,
+        sha256: &job.sha256,
+    };
+    let body = render(&header, &report);
+    sqlx::query(
+        "INSERT INTO receipts (org_id, upload_id, name, body, accepted, rejected, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(job.org.id)
+    .bind(job.upload_id)
+    .bind(receipt_name(&job.received_at, &job.file_name))
+    .bind(&body)
+    .bind(report.accepted as i64)
+    .bind(report.rejected.len() as i64)
+    .bind(now_text())
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("UPDATE ingest_jobs SET outcome = $1 WHERE id = $2")
+        .bind(&report.unreadable)
+        .bind(job.job_id)
+        .execute(&mut *tx)
+        .await?;
+    if !report.rejected.is_empty() || report.unreadable.is_some() {
+        let payload = serde_json::json!({
+            "org_id": job.org.id,
+            "rejected": report.rejected.len(),
+            "unreadable": report.unreadable.is_some(),
+            "kind": job.kind.as_str(),
+        });
+        insert_event(&mut tx, "receipt_with_rejections", job.upload_id, payload).await?;
+    }
+    let mut audit = audit.clone();
+    audit.detail = format!(
+        "{}; {} accepted, {} rejected{}",
+        audit.detail,
+        report.accepted,
+        report.rejected.len(),
+        if report.unreadable.is_some() {
+            ", unreadable"
+        } else {
+            ""
+        }
+    );
+    append_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(Some(report))
+}
+
+/// The id and home school of a learner, creating (and flagging) an unknown one.
+async fn learner_for_mark(
+    conn: &mut SqliteConnection,
+    cache: &mut HashMap<String, (i64, Option<i64>)>,
+    job: &IngestJob,
+    row: usize,
+    r: &RegisterRow,
+    report: &mut ApplyReport,
+) -> anyhow::Result<(i64, Option<i64>)> {
+    if let Some(hit) = cache.get(&r.upn) {
+        return Ok(*hit);
+    }
+    let found: Option<(i64, Option<i64>)> =
+        sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
+            .bind(&r.upn)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let learner = match found {
+        Some(l) => l,
+        None => {
+            let now = now_text();
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO learners (upn, surname, forename, flagged, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
+            )
+            .bind(&r.upn)
+            .bind(&r.surname)
+            .bind(&r.forename)
+            .bind(format!(
+                "created from a register of {}: check the details and set the home school",
+                job.org.slug
+            ))
+            .bind(&now)
+            .fetch_one(&mut *conn)
+            .await?;
+            report.note(
+                row,
+                format!(
+                    "learner {} was not known: created from this row and flagged for the hub",
+                    r.upn
+                ),
+            );
+            (id, None)
+        }
+    };
+    cache.insert(r.upn.clone(), learner);
+    Ok(learner)
+}
+
+async fn apply_register(
+    conn: &mut SqliteConnection,
+    job: &IngestJob,
+    rows: &[RowResult<RegisterRow>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let mut learners = HashMap::new();
+    let mut unexplained: HashMap<i64, usize> = HashMap::new();
+    let now = now_text();
+    for rr in rows {
+        let r = match &rr.result {
+            Ok(r) => r,
+            Err(e) => {
+                report.reject(rr.row, e.clone());
+                continue;
+            }
+        };
+        let (learner_id, school) =
+            learner_for_mark(conn, &mut learners, job, rr.row, r, report).await?;
+        let date = r.date.to_string();
+        let current: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, version FROM marks WHERE provider_org_id = $1 AND learner_id = $2
+             AND date = $3 AND start = $4 AND course = $5 AND current = 1",
+        )
+        .bind(job.org.id)
+        .bind(learner_id)
+        .bind(&date)
+        .bind(&r.start)
+        .bind(&r.course)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let version = match current {
+            Some((id, v)) => {
+                sqlx::query("UPDATE marks SET current = 0 WHERE id = $1")
+                    .bind(id)
+                    .execute(&mut *conn)
+                    .await?;
+                report.amended += 1;
+                v + 1
+            }
+            None => 1,
+        };
+        sqlx::query(
+            "INSERT INTO marks (provider_org_id, learner_id, date, start, end_time, course, status,
+                contribution, grp, location, dfe_code, note, version, current, source, upload_id,
+                row_number, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, 'register', $14, $15, $16)",
+        )
+        .bind(job.org.id)
+        .bind(learner_id)
+        .bind(&date)
+        .bind(&r.start)
+        .bind(&r.end)
+        .bind(&r.course)
+        .bind(r.status.as_str())
+        .bind(i64::from(r.contribution))
+        .bind(&r.group)
+        .bind(&r.location)
+        .bind(&r.dfe_code)
+        .bind(&r.note)
+        .bind(version)
+        .bind(job.upload_id)
+        .bind(rr.row as i64)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        report.accepted += 1;
+        if r.status == Status::UnexplainedAbsence
+            && let Some(s) = school
+        {
+            *unexplained.entry(s).or_default() += 1;
+        }
+    }
+    for (school, count) in unexplained {
+        let payload = serde_json::json!({ "school_org_id": school, "count": count, "provider_org_id": job.org.id });
+        insert_event(conn, "unexplained_absences", job.upload_id, payload).await?;
+    }
+    Ok(())
+}
+
+async fn apply_absences(
+    conn: &mut SqliteConnection,
+    job: &IngestJob,
+    rows: &[RowResult<AbsenceDecision>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let now = now_text();
+    for rr in rows {
+        let d = match &rr.result {
+            Ok(d) => d,
+            Err(e) => {
+                report.reject(rr.row, e.clone());
+                continue;
+            }
+        };
+        let learner: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
+                .bind(&d.upn)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some((learner_id, Some(school))) = learner.filter(|(_, s)| *s == Some(job.org.id))
+        else {
+            report.reject(
+                rr.row,
+                format!("learner {} is not on your school's roster; only your own learners' absences can be decided", d.upn),
+            );
+            continue;
+        };
+        debug_assert_eq!(school, job.org.id);
+        let marks: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM marks WHERE learner_id = $1 AND date = $2 AND start = $3
+             AND current = 1 AND status = 'unexplained_absence'",
+        )
+        .bind(learner_id)
+        .bind(d.date.to_string())
+        .bind(&d.start)
+        .fetch_all(&mut *conn)
+        .await?;
+        if marks.is_empty() {
+            report.reject(
+                rr.row,
+                format!(
+                    "there is no unexplained absence for {} on {} at {} to decide (it may be decided already)",
+                    d.upn, d.date, d.start
+                ),
+            );
+            continue;
+        }
+        for id in marks {
+            sqlx::query("UPDATE marks SET current = 0 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(
+                "INSERT INTO marks (provider_org_id, learner_id, date, start, end_time, course, status,
+                    contribution, grp, location, dfe_code, note, version, current, source, upload_id,
+                    row_number, created_at)
+                 SELECT provider_org_id, learner_id, date, start, end_time, course, $1, 0, grp, location,
+                    $2, COALESCE($3, note), version + 1, 1, 'school decision', $4, $5, $6
+                 FROM marks WHERE id = $7",
+            )
+            .bind(d.decision.as_str())
+            .bind(d.dfe_code.clone().unwrap_or_else(|| {
+                if d.decision == Status::AuthorisedAbsence { "C".into() } else { "O".into() }
+            }))
+            .bind(&d.note)
+            .bind(job.upload_id)
+            .bind(rr.row as i64)
+            .bind(&now)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        report.accepted += 1;
+    }
+    Ok(())
+}
+
+async fn apply_roster(
+    conn: &mut SqliteConnection,
+    job: &IngestJob,
+    rows: &[RowResult<RosterRow>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let now = now_text();
+    for rr in rows {
+        let r = match &rr.result {
+            Ok(r) => r,
+            Err(e) => {
+                report.reject(rr.row, e.clone());
+                continue;
+            }
+        };
+        let existing: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
+                .bind(&r.upn)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if let Some((_, Some(school))) = existing
+            && school != job.org.id
+        {
+            report.reject(
+                rr.row,
+                format!(
+                    "learner {} is on another school's roll; ask the hub to move them",
+                    r.upn
+                ),
+            );
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO learners (upn, surname, forename, date_of_birth, gender, year_group,
+                school_org_id, details, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
+             ON CONFLICT (upn) DO UPDATE SET surname = excluded.surname, forename = excluded.forename,
+                date_of_birth = excluded.date_of_birth, gender = excluded.gender,
+                year_group = excluded.year_group, school_org_id = excluded.school_org_id,
+                details = excluded.details, updated_at = excluded.updated_at",
+        )
+        .bind(&r.upn)
+        .bind(&r.surname)
+        .bind(&r.forename)
+        .bind(&r.date_of_birth)
+        .bind(&r.gender)
+        .bind(&r.year_group)
+        .bind(job.org.id)
+        .bind(r.details.to_string())
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        report.accepted += 1;
+    }
+    Ok(())
+}
+
+async fn next_reference(
+    conn: &mut SqliteConnection,
+    table: &str,
+    prefix: &str,
+    year: i32,
+) -> anyhow::Result<String> {
+    let pattern = format!("{prefix}-{year}-%");
+    let n: i64 = sqlx::query_scalar(&format!(
+        "SELECT COUNT(*) FROM {table} WHERE reference LIKE $1"
+    ))
+    .bind(&pattern)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(format!("{prefix}-{year}-{:06}", n + 1))
+}
+
+fn received(job: &IngestJob) -> chrono::NaiveDate {
+    chrono::DateTime::parse_from_rfc3339(&job.received_at)
+        .map(|d| d.date_naive())
+        .unwrap_or_else(|_| chrono::Utc::now().date_naive())
+}
+
+async fn apply_referrals(
+    conn: &mut SqliteConnection,
+    job: &IngestJob,
+    rows: &[RowResult<Referral>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let now = now_text();
+    let year = received(job).year();
+    for rr in rows {
+        let r = match &rr.result {
+            Ok(r) => r,
+            Err(e) => {
+                report.reject(rr.row, e.clone());
+                continue;
+            }
+        };
+        let reference = next_reference(conn, "referrals", "REF", year).await?;
+        sqlx::query(
+            "INSERT INTO referrals (reference, school_org_id, upload_id, upn, tier, form, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&reference)
+        .bind(job.org.id)
+        .bind(job.upload_id)
+        .bind(&r.upn)
+        .bind(i64::from(r.tier))
+        .bind(r.form.to_string())
+        .bind(&job.received_at)
+        .execute(&mut *conn)
+        .await?;
+        // The referring school is the learner's home school unless another school has them.
+        sqlx::query(
+            "INSERT INTO learners (upn, surname, forename, date_of_birth, school_org_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (upn) DO UPDATE SET school_org_id = COALESCE(learners.school_org_id, excluded.school_org_id)",
+        )
+        .bind(&r.upn)
+        .bind(&r.surname)
+        .bind(&r.forename)
+        .bind(r.date_of_birth.to_string())
+        .bind(job.org.id)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        report.note(rr.row, format!("accepted: reference {reference}"));
+        report.accepted += 1;
+        let payload = serde_json::json!({ "school_org_id": job.org.id, "reference": reference, "tier": r.tier });
+        insert_event(conn, "referral_received", job.upload_id, payload).await?;
+    }
+    Ok(())
+}
+
+async fn apply_withdrawals(
+    conn: &mut SqliteConnection,
+    job: &IngestJob,
+    rows: &[RowResult<Withdrawal>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let day = received(job);
+    let deadline = add_working_days(day, 5, &[]);
+    for rr in rows {
+        let w = match &rr.result {
+            Ok(w) => w,
+            Err(e) => {
+                report.reject(rr.row, e.clone());
+                continue;
+            }
+        };
+        let provider: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, kind FROM orgs WHERE slug = $1")
+                .bind(&w.provider)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let provider_id = match provider {
+            Some((id, kind)) if kind == "provider" => id,
+            _ => {
+                report.reject(
+                    rr.row,
+                    format!(
+                        "provider `{}` is not a provider known to the hub",
+                        w.provider
+                    ),
+                );
+                continue;
+            }
+        };
+        if job.org.kind == OrgKind::Provider && provider_id != job.org.id {
+            report.reject(
+                rr.row,
+                format!(
+                    "a provider can request withdrawals only from its own courses (provider: {})",
+                    job.org.slug
+                ),
+            );
+            continue;
+        }
+        let reference = next_reference(conn, "withdrawals", "WD", day.year()).await?;
+        sqlx::query(
+            "INSERT INTO withdrawals (reference, requester_org_id, provider_org_id, upload_id, upn, course,
+                requested_last_day, reason, impact_considered, meeting_date, received_at, deadline)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&reference)
+        .bind(job.org.id)
+        .bind(provider_id)
+        .bind(job.upload_id)
+        .bind(&w.upn)
+        .bind(&w.course)
+        .bind(w.requested_last_day.to_string())
+        .bind(&w.reason)
+        .bind(i64::from(w.impact_considered))
+        .bind(w.meeting_date.map(|d| d.to_string()))
+        .bind(&job.received_at)
+        .bind(deadline.to_string())
+        .execute(&mut *conn)
+        .await?;
+        report.note(
+            rr.row,
+            format!(
+                "accepted: reference {reference}; the hub will process it by {} (the fifth working day after receipt)",
+                deadline.format("%A %-d %B %Y")
+            ),
+        );
+        report.accepted += 1;
+        let payload = serde_json::json!({
+            "requester_org_id": job.org.id, "provider_org_id": provider_id, "reference": reference,
+        });
+        insert_event(conn, "withdrawal_requested", job.upload_id, payload).await?;
+    }
+    Ok(())
+}

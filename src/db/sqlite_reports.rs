@@ -1,0 +1,182 @@
+//! SQLite: the reads behind the reports of SPEC §6.
+
+use sqlx::Row;
+
+use super::sqlite::SqliteDb;
+use super::*;
+
+pub(super) async fn marks(
+    db: &SqliteDb,
+    scope: MarkScope,
+    current_only: bool,
+) -> anyhow::Result<Vec<MarkRecord>> {
+    let (school, provider) = match scope {
+        MarkScope::All => (None, None),
+        MarkScope::School(id) => (Some(id), None),
+        MarkScope::Provider(id) => (None, Some(id)),
+    };
+    let rows = sqlx::query(
+        "SELECT l.upn, l.surname, l.forename, s.slug AS school, p.slug AS provider, m.course, m.date,
+                m.start, m.end_time, m.status, m.contribution, m.dfe_code, m.note, m.version, m.current,
+                m.source
+         FROM marks m JOIN learners l ON l.id = m.learner_id
+         JOIN orgs p ON p.id = m.provider_org_id
+         LEFT JOIN orgs s ON s.id = l.school_org_id
+         WHERE ($1 IS NULL OR l.school_org_id = $1) AND ($2 IS NULL OR m.provider_org_id = $2)
+           AND ($3 = 0 OR m.current = 1)
+         ORDER BY l.upn, p.slug, m.course, m.date, m.start, m.version",
+    )
+    .bind(school)
+    .bind(provider)
+    .bind(i64::from(current_only))
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(MarkRecord {
+                upn: r.try_get("upn")?,
+                surname: r.try_get("surname")?,
+                forename: r.try_get("forename")?,
+                school: r.try_get("school")?,
+                provider: r.try_get("provider")?,
+                course: r.try_get("course")?,
+                date: r.try_get("date")?,
+                start: r.try_get("start")?,
+                end: r.try_get("end_time")?,
+                status: r.try_get("status")?,
+                contribution: r.try_get("contribution")?,
+                dfe_code: r.try_get("dfe_code")?,
+                note: r.try_get("note")?,
+                version: r.try_get("version")?,
+                current: r.try_get::<i64, _>("current")? != 0,
+                source: r.try_get("source")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn transfers(
+    db: &SqliteDb,
+    org_id: Option<i64>,
+) -> anyhow::Result<Vec<TransferRecord>> {
+    let rows = sqlx::query(
+        "SELECT u.created_at, so.slug AS sender, us.username AS sent_by, ro.slug AS recipient,
+                d.recipient_role, u.folder, u.name, u.size, u.sha256, d.downloaded_by, d.downloaded_at,
+                d.recalled_at, u.expired_at
+         FROM deliveries d JOIN uploads u ON u.id = d.upload_id
+         JOIN orgs so ON so.id = u.sender_org_id
+         JOIN orgs ro ON ro.id = d.recipient_org_id
+         LEFT JOIN users us ON us.id = u.sender_user_id
+         WHERE $1 IS NULL OR u.sender_org_id = $1 OR d.recipient_org_id = $1
+         ORDER BY u.created_at, d.id",
+    )
+    .bind(org_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(TransferRecord {
+                sent_at: r.try_get("created_at")?,
+                sender: r.try_get("sender")?,
+                sent_by: r.try_get("sent_by")?,
+                recipient: r.try_get("recipient")?,
+                role: r.try_get("recipient_role")?,
+                folder: r.try_get("folder")?,
+                name: r.try_get("name")?,
+                size: r.try_get::<i64, _>("size")? as u64,
+                sha256: r.try_get("sha256")?,
+                downloaded_by: r.try_get("downloaded_by")?,
+                downloaded_at: r.try_get("downloaded_at")?,
+                recalled_at: r.try_get("recalled_at")?,
+                expired_at: r.try_get("expired_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn referrals(
+    db: &SqliteDb,
+    school: Option<i64>,
+) -> anyhow::Result<Vec<ReferralRecord>> {
+    let rows = sqlx::query(
+        "SELECT r.reference, o.slug, r.upn, r.tier, r.received_at, r.form FROM referrals r
+         JOIN orgs o ON o.id = r.school_org_id WHERE $1 IS NULL OR r.school_org_id = $1
+         ORDER BY r.id",
+    )
+    .bind(school)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ReferralRecord {
+                reference: r.try_get("reference")?,
+                school: r.try_get("slug")?,
+                upn: r.try_get("upn")?,
+                tier: r.try_get("tier")?,
+                received_at: r.try_get("received_at")?,
+                form: r.try_get("form")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn withdrawals(
+    db: &SqliteDb,
+    org: Option<i64>,
+) -> anyhow::Result<Vec<WithdrawalRecord>> {
+    let rows = sqlx::query(
+        "SELECT w.reference, ro.slug AS requester, po.slug AS provider, w.upn, w.course,
+                w.requested_last_day, w.reason, w.meeting_date, w.received_at, w.deadline
+         FROM withdrawals w JOIN orgs ro ON ro.id = w.requester_org_id
+         JOIN orgs po ON po.id = w.provider_org_id
+         WHERE $1 IS NULL OR w.requester_org_id = $1 OR w.provider_org_id = $1
+         ORDER BY w.id",
+    )
+    .bind(org)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(WithdrawalRecord {
+                reference: r.try_get("reference")?,
+                requester: r.try_get("requester")?,
+                provider: r.try_get("provider")?,
+                upn: r.try_get("upn")?,
+                course: r.try_get("course")?,
+                requested_last_day: r.try_get("requested_last_day")?,
+                reason: r.try_get("reason")?,
+                meeting_date: r.try_get("meeting_date")?,
+                received_at: r.try_get("received_at")?,
+                deadline: r.try_get("deadline")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn activity(db: &SqliteDb) -> anyhow::Result<Vec<ActivityRecord>> {
+    let rows = sqlx::query(
+        "SELECT substr(at, 1, 10) AS day, org,
+                SUM(action = 'login' AND outcome = 'ok') AS logins,
+                SUM(action = 'login' AND outcome = 'failed') AS failed_logins,
+                SUM(action = 'upload') AS uploads,
+                SUM(action = 'download') AS downloads,
+                SUM(action = 'transfer denied') AS denials
+         FROM audit WHERE org <> '' OR action = 'login'
+         GROUP BY day, org ORDER BY day, org",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ActivityRecord {
+                day: r.try_get("day")?,
+                org: r.try_get("org")?,
+                logins: r.try_get("logins")?,
+                failed_logins: r.try_get("failed_logins")?,
+                uploads: r.try_get("uploads")?,
+                downloads: r.try_get("downloads")?,
+                denials: r.try_get("denials")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,285 @@
+//! Reading the CSV files people send: UTF-8 with or without a BOM, RFC 4180 quoting, headers
+//! matched without regard to case or order (and, for MIS rosters, to spaces and punctuation).
+
+use std::collections::HashMap;
+
+use csv::StringRecord;
+
+/// A file that cannot be read as a whole: nothing in it is applied, and the upload is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unreadable(pub String);
+
+/// What a row became: the value, or the reason it was rejected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowResult<T> {
+    /// The row as a spreadsheet numbers it (the header is row 1).
+    pub row: usize,
+    pub result: Result<T, String>,
+}
+
+/// The text of an uploaded file: UTF-8, a leading BOM removed.
+pub fn decode_text(bytes: &[u8]) -> Result<&str, Unreadable> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    std::str::from_utf8(bytes).map_err(|e| {
+        Unreadable(format!(
+            "the file is not UTF-8 text (first bad byte at position {}); save it as \"CSV UTF-8\" and send it again",
+            e.valid_up_to()
+        ))
+    })
+}
+
+/// The columns a kind of CSV has.
+pub struct ColumnSpec {
+    pub required: &'static [&'static str],
+    pub optional: &'static [&'static str],
+    /// Other names for a column: (alias, column).
+    pub aliases: &'static [(&'static str, &'static str)],
+    /// Match headers ignoring case, spaces, underscores and punctuation (MIS exports).
+    pub loose: bool,
+}
+
+fn normalize(h: &str, loose: bool) -> String {
+    let h = h.trim().to_lowercase();
+    if loose {
+        h.chars().filter(|c| c.is_alphanumeric()).collect()
+    } else {
+        h
+    }
+}
+
+/// A CSV file whose header has been checked.
+pub struct Sheet<'a> {
+    text: &'a str,
+    columns: HashMap<&'static str, usize>,
+    reader: csv::Reader<&'a [u8]>,
+}
+
+/// Counts lines up to byte offsets that only grow (the csv crate skips blank lines without
+/// counting them, so its own line numbers drift from what a spreadsheet shows).
+struct LineCounter<'a> {
+    text: &'a [u8],
+    at: usize,
+    line: usize,
+}
+
+impl LineCounter<'_> {
+    /// The line of the record at `byte` (which may point at blank lines before the record).
+    fn line_at(&mut self, byte: usize) -> usize {
+        let mut end = byte.min(self.text.len());
+        while end < self.text.len() && matches!(self.text[end], b'\n' | b'\r') {
+            end += 1;
+        }
+        if end > self.at {
+            self.line += self.text[self.at..end]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
+            self.at = end;
+        }
+        self.line
+    }
+}
+
+impl<'a> Sheet<'a> {
+    pub fn open(text: &'a str, spec: &ColumnSpec) -> Result<Sheet<'a>, Unreadable> {
+        let mut reader = csv::ReaderBuilder::new()
+            .flexible(true)
+            .has_headers(true)
+            .from_reader(text.as_bytes());
+        let header = reader
+            .headers()
+            .map_err(|e| Unreadable(format!("the header row cannot be read: {e}")))?
+            .clone();
+        if header.iter().all(|h| h.trim().is_empty()) {
+            return Err(Unreadable(format!(
+                "the file has no header row; the first row must name the columns: {}",
+                spec.required.join(", ")
+            )));
+        }
+        let wanted = |name: &str| -> Option<&'static str> {
+            let n = normalize(name, spec.loose);
+            spec.required
+                .iter()
+                .chain(spec.optional)
+                .copied()
+                .find(|c| normalize(c, spec.loose) == n)
+                .or_else(|| {
+                    spec.aliases
+                        .iter()
+                        .find(|(a, _)| normalize(a, spec.loose) == n)
+                        .map(|(_, c)| *c)
+                })
+        };
+        let mut columns = HashMap::new();
+        for (i, h) in header.iter().enumerate() {
+            if let Some(c) = wanted(h) {
+                columns.entry(c).or_insert(i);
+            }
+        }
+        let missing: Vec<&str> = spec
+            .required
+            .iter()
+            .copied()
+            .filter(|c| !columns.contains_key(c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Unreadable(format!(
+                "required column{} missing: {} (the header row has: {})",
+                if missing.len() > 1 { "s" } else { "" },
+                missing.join(", "),
+                header.iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        Ok(Sheet {
+            text,
+            columns,
+            reader,
+        })
+    }
+
+    pub fn has(&self, column: &str) -> bool {
+        self.columns.contains_key(column)
+    }
+
+    /// The rows with their spreadsheet row numbers. A row that cannot be parsed at all is
+    /// reported as an error for that row; blank rows are skipped.
+    pub fn rows(&mut self) -> impl Iterator<Item = (usize, Result<Row<'_>, String>)> + '_ {
+        let columns = &self.columns;
+        let mut lines = LineCounter {
+            text: self.text.as_bytes(),
+            at: 0,
+            line: 1,
+        };
+        self.reader.records().filter_map(move |r| match r {
+            Ok(record) => {
+                let row = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
+                if record.iter().all(|f| f.trim().is_empty()) {
+                    return None;
+                }
+                Some((row, Ok(Row { columns, record })))
+            }
+            Err(e) => {
+                let row = lines.line_at(e.position().map_or(0, |p| p.byte() as usize));
+                Some((row, Err(format!("the row cannot be read: {e}"))))
+            }
+        })
+    }
+}
+
+/// One data row.
+pub struct Row<'s> {
+    columns: &'s HashMap<&'static str, usize>,
+    record: StringRecord,
+}
+
+impl Row<'_> {
+    /// The trimmed value of a column; `None` when the column is absent or the cell is empty.
+    pub fn get(&self, column: &str) -> Option<&str> {
+        let i = *self.columns.get(column)?;
+        let v = self.record.get(i)?.trim();
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// A required cell: its value, or the reason the row is rejected.
+    pub fn need(&self, column: &str) -> Result<&str, String> {
+        self.get(column).ok_or_else(|| format!("{column} is empty"))
+    }
+}
+
+/// `HH:MM` from `H:MM`, `HH:MM` or `HH:MM:SS`.
+pub fn parse_time(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    let mut parts = t.split(':');
+    let (h, m) = (parts.next(), parts.next());
+    let sec_ok = parts
+        .next()
+        .is_none_or(|s| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit()));
+    match (h.and_then(|h| h.parse::<u32>().ok()), m) {
+        (Some(h), Some(m))
+            if h < 24 && m.len() == 2 && m.parse::<u32>().is_ok_and(|m| m < 60) && sec_ok =>
+        {
+            Ok(format!("{h:02}:{m}"))
+        }
+        _ => Err(format!("`{t}` is not a time: write HH:MM, e.g. 09:30")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC: ColumnSpec = ColumnSpec {
+        required: &["upn", "surname"],
+        optional: &["note"],
+        aliases: &[("last name", "surname")],
+        loose: false,
+    };
+
+    #[test]
+    fn bom_and_encoding() {
+        assert_eq!(decode_text(b"\xEF\xBB\xBFa,b").unwrap(), "a,b");
+        assert!(
+            decode_text(b"upn\n\xff\xfe")
+                .unwrap_err()
+                .0
+                .contains("not UTF-8")
+        );
+    }
+
+    #[test]
+    fn headers_any_case_and_order_with_quoting() {
+        let text =
+            "Note,SURNAME,upn\n\"a, \"\"quoted\"\" note\",Taylor,B801200005001\n\n,Jones,X\n";
+        let mut s = Sheet::open(text, &SPEC).unwrap();
+        let rows: Vec<(usize, String, Option<String>)> = s
+            .rows()
+            .map(|(n, r)| {
+                let r = r.unwrap();
+                (
+                    n,
+                    r.need("surname").unwrap().to_string(),
+                    r.get("note").map(String::from),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows[0],
+            (2, "Taylor".into(), Some("a, \"quoted\" note".into()))
+        );
+        assert_eq!(
+            rows[1],
+            (4, "Jones".into(), None),
+            "blank rows are skipped, numbering kept"
+        );
+    }
+
+    #[test]
+    fn missing_columns_and_no_header() {
+        let e = Sheet::open("upn,forename\n", &SPEC).err().unwrap();
+        assert!(e.0.contains("missing: surname"), "{}", e.0);
+        assert!(Sheet::open("upn,last name\n", &SPEC).is_ok(), "alias");
+        let e = Sheet::open("", &SPEC).err().unwrap();
+        assert!(e.0.contains("no header"), "{}", e.0);
+    }
+
+    #[test]
+    fn loose_matching() {
+        const LOOSE: ColumnSpec = ColumnSpec {
+            required: &["date_of_birth", "year_group"],
+            optional: &[],
+            aliases: &[("NC Year Actual", "year_group")],
+            loose: true,
+        };
+        let mut s = Sheet::open("Date Of Birth,NCYearActual\n2011-03-14,9\n", &LOOSE).unwrap();
+        let (_, row) = s.rows().next().unwrap();
+        assert_eq!(row.unwrap().get("year_group"), Some("9"));
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("9:30").unwrap(), "09:30");
+        assert_eq!(parse_time("13:05:00").unwrap(), "13:05");
+        assert!(parse_time("25:00").is_err());
+        assert!(parse_time("9.30").is_err());
+    }
+}
