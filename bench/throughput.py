@@ -170,6 +170,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    ap.add_argument("--ciphers", default=",".join(CIPHERS), help="comma-separated OpenSSH cipher names")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
@@ -187,27 +188,28 @@ def main():
     print(f"file {args.size_mib} MiB on {args.tmp or 'the default temp dir'}; median of {args.runs} runs; "
           f"OpenSSH client: {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
     try:
-        # Many small sessions at once (first, so apgate's peak RSS is theirs alone).
-        small = os.path.join(work, "small.bin")
-        with open(small, "wb") as f:
-            f.write(os.urandom(100 * 1024))
+        if args.sessions > 0:
+            # Many small sessions at once (first, so apgate's peak RSS is theirs alone).
+            small = os.path.join(work, "small.bin")
+            with open(small, "wb") as f:
+                f.write(os.urandom(100 * 1024))
 
-        def one(i, port, key, user, dest):
-            return sftp(port, key, user, CIPHERS[0], f"put {small} {dest}/s-{i}.bin\n", work)
+            def one(i, port, key, user, dest):
+                return sftp(port, key, user, CIPHERS[0], f"put {small} {dest}/s-{i}.bin\n", work)
 
-        for label, port, key, user, dest in [
-            ("OpenSSH", ssh.port, ssh.key, ssh.user, os.path.join(ssh.dir, "files")),
-            ("apgate", ag.port, ag.key("school-a"), "school-a-user", "/outbox/coordinator"),
-        ]:
-            start = time.monotonic()
-            with ThreadPoolExecutor(max_workers=args.sessions) as pool:
-                list(pool.map(lambda i: one(i, port, key, user, dest), range(args.sessions)))
-            wall = time.monotonic() - start
-            extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB" if label == "apgate" else ""
-            print(f"{args.sessions} concurrent sessions x 100 KiB to {label}: all succeeded in {wall:.2f} s{extra}")
+            for label, port, key, user, dest in [
+                ("OpenSSH", ssh.port, ssh.key, ssh.user, os.path.join(ssh.dir, "files")),
+                ("apgate", ag.port, ag.key("school-a"), "school-a-user", "/outbox/coordinator"),
+            ]:
+                start = time.monotonic()
+                with ThreadPoolExecutor(max_workers=args.sessions) as pool:
+                    list(pool.map(lambda i: one(i, port, key, user, dest), range(args.sessions)))
+                wall = time.monotonic() - start
+                extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB" if label == "apgate" else ""
+                print(f"{args.sessions} concurrent sessions x 100 KiB to {label}: all succeeded in {wall:.2f} s{extra}")
         print(f"{'cipher':32} {'dir':5} {'OpenSSH MB/s':>12} {'apgate MB/s':>12} {'ratio':>6} "
               f"{'sshd CPU s/GiB':>15} {'apgate CPU s/GiB':>17}")
-        for cipher in CIPHERS:
+        for cipher in args.ciphers.split(","):
             rows = {"up": ([], []), "down": ([], [])}
             for i in range(args.runs):
                 name = f"big-{i}.bin"

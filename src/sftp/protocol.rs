@@ -502,21 +502,53 @@ pub fn limits_reply(id: u32, max_open_handles: u64) -> Bytes {
     p.finish()
 }
 
-/// Splits complete packets off the front of `buf`: `Ok(None)` when more bytes are needed.
-pub fn next_packet(buf: &mut BytesMut) -> Result<Option<Bytes>, Malformed> {
-    if buf.len() < 4 {
-        return Ok(None);
+/// Cuts the byte stream of a channel into packets. Each packet is copied once, into a buffer of
+/// exactly its size (so buffers are recycled by the allocator instead of growing and moving).
+#[derive(Default)]
+pub struct Framer {
+    len: [u8; 4],
+    len_have: usize,
+    packet: Option<BytesMut>,
+    need: usize,
+}
+
+impl Framer {
+    /// Feeds bytes; calls `emit` with each complete packet body (without the length prefix).
+    /// `emit` returning false stops early.
+    pub fn push(
+        &mut self,
+        mut data: &[u8],
+        mut emit: impl FnMut(Bytes) -> bool,
+    ) -> Result<(), Malformed> {
+        while !data.is_empty() {
+            let Some(packet) = self.packet.as_mut() else {
+                let take = (4 - self.len_have).min(data.len());
+                self.len[self.len_have..self.len_have + take].copy_from_slice(&data[..take]);
+                self.len_have += take;
+                data = &data[take..];
+                if self.len_have == 4 {
+                    let len = u32::from_be_bytes(self.len);
+                    if len == 0 || len > MAX_PACKET {
+                        return Err(Malformed);
+                    }
+                    self.len_have = 0;
+                    self.need = len as usize;
+                    self.packet = Some(BytesMut::with_capacity(self.need));
+                }
+                continue;
+            };
+            let take = (self.need - packet.len()).min(data.len());
+            packet.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if packet.len() == self.need
+                && let Some(done) = self.packet.take()
+                && !emit(done.freeze())
+            {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    if len == 0 || len > MAX_PACKET {
-        return Err(Malformed);
-    }
-    if buf.len() < 4 + len as usize {
-        return Ok(None);
-    }
-    let mut packet = buf.split_to(4 + len as usize);
-    let _ = packet.split_to(4);
-    Ok(Some(packet.freeze()))
 }
 
 #[cfg(test)]
@@ -580,15 +612,29 @@ mod tests {
     }
 
     #[test]
-    fn framing() {
-        let mut buf = BytesMut::new();
-        buf.put_slice(&[0, 0, 0, 3, 1, 2]);
-        assert_eq!(next_packet(&mut buf).unwrap(), None);
-        buf.put_slice(&[3, 0, 0]);
-        assert_eq!(&next_packet(&mut buf).unwrap().unwrap()[..], &[1, 2, 3]);
-        assert_eq!(&buf[..], &[0, 0]);
-        let mut big = BytesMut::from(&(MAX_PACKET + 1).to_be_bytes()[..]);
-        assert!(next_packet(&mut big).is_err());
+    fn framing_across_and_within_chunks() {
+        let mut f = Framer::default();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        f.push(&[0, 0], |p| {
+            got.push(p.to_vec());
+            true
+        })
+        .unwrap();
+        f.push(&[0, 3, 1, 2], |p| {
+            got.push(p.to_vec());
+            true
+        })
+        .unwrap();
+        assert!(got.is_empty());
+        f.push(&[3, 0, 0, 0, 1, 9, 0], |p| {
+            got.push(p.to_vec());
+            true
+        })
+        .unwrap();
+        assert_eq!(got, vec![vec![1, 2, 3], vec![9]]);
+        let mut f = Framer::default();
+        assert!(f.push(&(MAX_PACKET + 1).to_be_bytes(), |_| true).is_err());
+        assert!(Framer::default().push(&[0, 0, 0, 0], |_| true).is_err());
     }
 
     #[test]

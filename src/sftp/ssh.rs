@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use russh::keys::{Algorithm, EcdsaCurve, HashAlg, PublicKey};
 use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet, Preferred};
@@ -498,30 +498,29 @@ async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
     let queued_in = queued.clone();
     let drain = tokio::spawn(async move {
         // Frames packets here, so each byte is copied once on its way to the session.
-        let mut buf = BytesMut::with_capacity(512 * 1024);
+        let mut framer = p::Framer::default();
         while let Some(msg) = read_half.wait().await {
             match msg {
                 ChannelMsg::Data { data } => {
-                    buf.extend_from_slice(&data);
-                    loop {
-                        let packet = match p::next_packet(&mut buf) {
-                            Ok(Some(packet)) => packet,
-                            Ok(None) => break,
-                            Err(_) => {
-                                tracing::warn!("malformed or oversized SFTP packet; disconnecting");
-                                return;
-                            }
-                        };
+                    let mut overrun = false;
+                    let framed = framer.push(&data, |packet| {
                         let n = packet.len();
                         if queued_in.fetch_add(n, Ordering::AcqRel) + n > INBOUND_LIMIT {
-                            tracing::warn!(
-                                "client sent requests faster than allowed; disconnecting"
-                            );
-                            return;
+                            overrun = true;
+                            return false;
                         }
-                        if tx.send(packet).is_err() {
-                            return;
-                        }
+                        tx.send(packet).is_ok()
+                    });
+                    if framed.is_err() {
+                        tracing::warn!("malformed or oversized SFTP packet; disconnecting");
+                        return;
+                    }
+                    if overrun {
+                        tracing::warn!("client sent requests faster than allowed; disconnecting");
+                        return;
+                    }
+                    if tx.is_closed() {
+                        return;
                     }
                 }
                 ChannelMsg::Eof | ChannelMsg::Close => return,
