@@ -20,7 +20,7 @@ use crate::domain::tree::{
     Node, Target, WriteFolder, classify, display_path, normalize, root_folders,
 };
 use crate::gateway::{Gateway, Principal};
-use crate::vault::{BlobReader, SealedBlob, UploadWriter};
+use crate::vault::{ReadAhead, SealedBlob, UploadWriter};
 
 /// Bytes of out-of-order writes held back while waiting for the gap before them.
 const REORDER_LIMIT: usize = 16 * 1024 * 1024;
@@ -59,7 +59,7 @@ enum OpenHandle {
 
 /// An inbox file being read; `covered` is how far it has been read without a gap.
 struct Download {
-    reader: BlobReader,
+    reader: ReadAhead,
     file: InboxFile,
     covered: u64,
     recorded: bool,
@@ -721,9 +721,14 @@ impl SftpSession {
                 let file = self.inbox_file(sender.as_deref(), &rel).await?;
                 let vault_blob = file.blob.clone();
                 let gw = self.gw.clone();
-                let reader = tokio::task::spawn_blocking(move || gw.vault.open_blob(&vault_blob))
-                    .await
-                    .map_err(|e| FsError::Internal(e.into()))??;
+                let size = file.size;
+                let reader = tokio::task::spawn_blocking(move || {
+                    gw.vault
+                        .open_blob(&vault_blob)
+                        .and_then(|r| ReadAhead::new(r, size))
+                })
+                .await
+                .map_err(|e| FsError::Internal(e.into()))??;
                 self.add_handle(OpenHandle::Read(Box::new(Download {
                     reader,
                     file,

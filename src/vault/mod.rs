@@ -5,7 +5,7 @@
 pub mod keys;
 
 use std::fs;
-use std::io::{self, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -177,6 +177,93 @@ impl Vault {
     }
 }
 
+/// Buffers handed between the encryption thread and the file-writing thread.
+const WRITE_BUFFERS: usize = 4;
+
+/// The `Write` end of the file-writing thread: fills a buffer and hands it over when full, so
+/// the kernel's copy into the file runs beside the encryption instead of after it. Buffers come
+/// back through `pool` and are reused.
+struct FileWriterSink {
+    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    pool: std::sync::mpsc::Receiver<Vec<u8>>,
+    buf: Vec<u8>,
+    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
+}
+
+impl FileWriterSink {
+    fn new(mut file: fs::File) -> io::Result<Self> {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
+        let (pool_tx, pool) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS + 1);
+        for _ in 0..WRITE_BUFFERS {
+            let _ = pool_tx.send(Vec::with_capacity(IO_BUFFER));
+        }
+        let thread = std::thread::Builder::new()
+            .name("apgate-write".into())
+            .spawn(move || -> io::Result<()> {
+                for mut chunk in full_rx {
+                    file.write_all(&chunk)?;
+                    chunk.clear();
+                    let _ = pool_tx.send(chunk);
+                }
+                file.sync_all()
+            })?;
+        Ok(FileWriterSink {
+            full: Some(full_tx),
+            buf: pool.recv().unwrap_or_default(),
+            pool,
+            thread: Some(thread),
+        })
+    }
+
+    fn hand_over(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let next = self
+            .pool
+            .recv()
+            .unwrap_or_else(|_| Vec::with_capacity(IO_BUFFER));
+        let full = std::mem::replace(&mut self.buf, next);
+        let sent = self.full.as_ref().is_some_and(|tx| tx.send(full).is_ok());
+        if sent { Ok(()) } else { Err(self.stopped()) }
+    }
+
+    /// The writing thread's own error, once it has stopped.
+    fn stopped(&mut self) -> io::Error {
+        self.full = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(Err(e))) => e,
+            _ => io::Error::other("the file-writing thread stopped"),
+        }
+    }
+
+    /// Writes what is left, waits for the thread and its fsync.
+    fn finish(mut self) -> io::Result<()> {
+        self.hand_over()?;
+        self.full = None;
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("the file-writing thread panicked")),
+        }
+    }
+}
+
+impl Write for FileWriterSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let room = IO_BUFFER - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() >= IO_BUFFER {
+            self.hand_over()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn encrypt_stream(
     encryptor: age::Encryptor,
     file: fs::File,
@@ -184,7 +271,7 @@ fn encrypt_stream(
     blob: String,
     spool_path: PathBuf,
 ) -> io::Result<SealedBlob> {
-    let mut out = encryptor.wrap_output(BufWriter::with_capacity(IO_BUFFER, file))?;
+    let mut out = encryptor.wrap_output(FileWriterSink::new(file)?)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -198,8 +285,7 @@ fn encrypt_stream(
             None => return Err(io::Error::other("upload abandoned")),
         }
     }
-    let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
-    file.sync_all()?;
+    out.finish()?.finish()?;
     Ok(SealedBlob {
         blob,
         size,
@@ -222,23 +308,241 @@ pub struct BlobReader {
     pos: u64,
 }
 
-impl BlobReader {
-    /// Fills `buf` from `offset` as far as the file goes; returns the bytes read (0 at the end).
-    pub fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
-        if offset != self.pos {
-            self.reader.seek(SeekFrom::Start(offset))?;
-            self.pos = offset;
+/// Plaintext bytes decrypted ahead of the reader per chunk (one OpenSSH read request).
+const READ_AHEAD_CHUNK: usize = 261_120;
+/// Chunks decrypted ahead.
+const READ_AHEAD_DEPTH: usize = 8;
+
+type Chunked = io::Result<(u64, Vec<u8>)>;
+
+/// Decrypts a stored file on a thread of its own, ahead of sequential reads, so a download's
+/// next reply is ready when it is asked for. A read elsewhere in the file restarts it there.
+pub struct ReadAhead {
+    /// In a mutex only to be `Sync` (sessions are shared across await points); never contended.
+    rx: Option<std::sync::Mutex<std::sync::mpsc::Receiver<Chunked>>>,
+    pool: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    thread: Option<std::thread::JoinHandle<BlobReader>>,
+    current: Option<(u64, Vec<u8>)>,
+    ended_at: Option<u64>,
+    /// The plaintext size: age's reader must never be moved past it (it panics there).
+    size: u64,
+}
+
+impl ReadAhead {
+    pub fn new(reader: BlobReader, size: u64) -> io::Result<ReadAhead> {
+        let mut r = ReadAhead {
+            rx: None,
+            pool: None,
+            thread: None,
+            current: None,
+            ended_at: None,
+            size,
+        };
+        r.start(reader, 0)?;
+        Ok(r)
+    }
+
+    fn start(&mut self, mut reader: BlobReader, from: u64) -> io::Result<()> {
+        if reader.pos != from {
+            reader.reader.seek(SeekFrom::Start(from))?;
+            reader.pos = from;
         }
-        let mut filled = 0;
-        while filled < buf.len() {
-            match self.reader.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunked>(READ_AHEAD_DEPTH);
+        let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_DEPTH + 2);
+        let thread = std::thread::Builder::new()
+            .name("apgate-decrypt".into())
+            .spawn(move || {
+                loop {
+                    let mut buf = pool_rx.try_recv().unwrap_or_default();
+                    buf.resize(READ_AHEAD_CHUNK, 0);
+                    let at = reader.pos;
+                    let mut filled = 0;
+                    let result = loop {
+                        match reader.read(&mut buf[filled..]) {
+                            Ok(0) => break Ok(()),
+                            Ok(n) => {
+                                filled += n;
+                                if filled == buf.len() {
+                                    break Ok(());
+                                }
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    buf.truncate(filled);
+                    let last = result.is_err() || filled < READ_AHEAD_CHUNK;
+                    if tx.send(result.map(|()| (at, buf))).is_err() || last {
+                        break;
+                    }
+                }
+                reader
+            })?;
+        self.rx = Some(std::sync::Mutex::new(rx));
+        self.pool = Some(pool_tx);
+        self.thread = Some(thread);
+        self.current = None;
+        self.ended_at = None;
+        Ok(())
+    }
+
+    /// Stops the thread and takes the reader back.
+    fn stop(&mut self) -> io::Result<BlobReader> {
+        self.rx = None;
+        self.pool = None;
+        self.thread
+            .take()
+            .and_then(|t| t.join().ok())
+            .ok_or_else(|| io::Error::other("the decryption thread stopped"))
+    }
+
+    /// Fills `out` from `offset`; returns the bytes copied (0 at the end of the file).
+    pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+        if offset >= self.size {
+            return Ok(0);
+        }
+        loop {
+            if let Some((start, data)) = &self.current {
+                let end = start + data.len() as u64;
+                if offset >= *start && offset < end {
+                    let from = (offset - start) as usize;
+                    let n = out.len().min(data.len() - from);
+                    out[..n].copy_from_slice(&data[from..from + n]);
+                    return Ok(n);
+                }
+                if offset != end {
+                    let reader = self.stop()?;
+                    self.start(reader, offset)?;
+                    continue;
+                }
+                if let (Some((_, used)), Some(pool)) = (self.current.take(), &self.pool) {
+                    let _ = pool.try_send(used);
+                }
+            }
+            if self.ended_at.is_some_and(|e| offset >= e) {
+                return Ok(0);
+            }
+            let next = match &self.rx {
+                Some(rx) => rx.lock().ok().and_then(|rx| rx.recv().ok()),
+                None => None,
+            };
+            match next {
+                Some(Ok((start, data))) => {
+                    if data.is_empty() {
+                        self.ended_at = Some(start);
+                    } else {
+                        if data.len() < READ_AHEAD_CHUNK {
+                            self.ended_at = Some(start + data.len() as u64);
+                        }
+                        self.current = Some((start, data));
+                    }
+                    if start != offset
+                        && self
+                            .current
+                            .as_ref()
+                            .is_none_or(|(s, d)| offset < *s || offset > s + d.len() as u64)
+                    {
+                        let reader = self.stop()?;
+                        self.start(reader, offset)?;
+                    }
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    // The thread finished after the last chunk: restart only if asked before it.
+                    let reader = self.stop()?;
+                    if self.ended_at.is_some_and(|e| offset >= e) {
+                        return Ok(0);
+                    }
+                    self.start(reader, offset)?;
+                }
             }
         }
-        self.pos += filled as u64;
-        Ok(filled)
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        // Closing the channels ends the thread after its current chunk; nobody waits for it.
+        self.rx = None;
+        self.pool = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn stored(vault: &Vault, content: &[u8]) -> SealedBlob {
+        let mut w = vault.begin_upload().unwrap();
+        for chunk in content.chunks(100_000) {
+            w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
+        }
+        let sealed = w.finish().await.unwrap();
+        vault.store(&sealed).unwrap();
+        sealed
+    }
+
+    fn content(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    fn read(ra: &mut ReadAhead, offset: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        let n = ra.read_at(offset, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn round_trip_with_sha256_and_read_ahead_at_any_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = keys::init(&dir.path().join("keys")).unwrap();
+        let vault = Vault::open(dir.path(), &keys, &[]).unwrap();
+        for len in [
+            0,
+            1,
+            READ_AHEAD_CHUNK,
+            2 * READ_AHEAD_CHUNK,
+            2 * READ_AHEAD_CHUNK + 7,
+        ] {
+            let data = content(len);
+            let sealed = stored(&vault, &data).await;
+            assert_eq!(sealed.size, len as u64);
+            assert_eq!(sealed.sha256, hex::encode(Sha256::digest(&data)));
+            let stored = std::fs::read(vault.blob_path(&sealed.blob)).unwrap();
+            assert!(stored.starts_with(b"age-encryption.org/v1\n"));
+
+            // Sequential, as OpenSSH reads.
+            let mut ra =
+                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap(), len as u64).unwrap();
+            let mut got = Vec::new();
+            loop {
+                let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK);
+                if chunk.is_empty() {
+                    break;
+                }
+                got.extend(chunk);
+            }
+            assert_eq!(got, data, "sequential read of {len} bytes");
+            assert!(read(&mut ra, len as u64 + 5, 10).is_empty());
+
+            // Small reads, a jump back and a jump forward.
+            let mut ra =
+                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap(), len as u64).unwrap();
+            for (offset, n) in [
+                (0usize, 10usize),
+                (10, 4096),
+                (len / 2, 1000),
+                (3, 7),
+                (len.saturating_sub(3), 100),
+            ] {
+                let want = &data[offset.min(len)..(offset + n).min(len)];
+                assert_eq!(
+                    read(&mut ra, offset as u64, n),
+                    want,
+                    "{len} bytes at {offset}"
+                );
+            }
+        }
     }
 }
