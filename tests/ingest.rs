@@ -491,3 +491,46 @@ fn crash_during_ingest_resumes_exactly_once() {
         "receipted once"
     );
 }
+
+/// Files written by local programs into a drop folder are taken once closed and stable,
+/// ingested, and removed only after they are committed; a restart picks up what arrived while
+/// the gateway was down.
+#[test]
+fn drop_folder_files_are_ingested_then_removed() {
+    use std::io::Write;
+    let folder = tempfile::tempdir().unwrap();
+    let mut g = Gateway::start_with(&format!(
+        "drop_dirs: [ {{ path: \"{}\", org: school-a, kind: roster }} ]",
+        folder.path().display()
+    ));
+    let roster = format!(
+        "upn,surname,forename,date_of_birth,gender,year_group\n{},Taylor,Sam,2011-03-14,F,9\n{},Jones,Ali,2011-05-01,M,9\n",
+        upn(51),
+        upn(52)
+    );
+    // Written in two parts with a pause, as a slow exporter would.
+    let path = folder.path().join("roster-nightly.csv");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let (a, b) = roster.split_at(roster.len() / 2);
+    f.write_all(a.as_bytes()).unwrap();
+    f.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    f.write_all(b.as_bytes()).unwrap();
+    drop(f);
+    std::fs::write(folder.path().join("ignored.csv.tmp"), b"still being written").unwrap();
+    wait_until("the drop-folder file to be taken", Duration::from_secs(20), || !path.exists());
+    assert_eq!(g.sqlite("SELECT COUNT(*) FROM learners WHERE school_org_id IS NOT NULL").trim(), "2");
+    let names = receipts(&g, "school-a-user", "/receipts");
+    assert!(names.iter().any(|n| n.ends_with("-roster-nightly.csv.txt")), "{names:?}");
+    assert!(g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n").contains("roster-nightly.csv"));
+    assert!(folder.path().join("ignored.csv.tmp").exists(), "temporary names are left alone");
+
+    // Arrives while the gateway is down.
+    g.stop_server();
+    let later = folder.path().join("roster-2.csv");
+    std::fs::write(&later, roster.replace("Taylor", "Taylor-Smith")).unwrap();
+    g.start_server();
+    wait_until("the file left while down", Duration::from_secs(20), || !later.exists());
+    let surname = g.sqlite(&format!("SELECT surname FROM learners WHERE upn = '{}'", upn(51)));
+    assert_eq!(surname.trim(), "Taylor-Smith");
+}

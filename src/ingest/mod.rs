@@ -9,6 +9,7 @@ pub mod receipt;
 pub mod register;
 pub mod roster;
 pub mod table;
+pub mod watcher;
 
 use std::io::Read;
 use std::time::Duration;

@@ -1,0 +1,156 @@
+//! Drop folders (`drop_dirs`): files that local programs write into a host folder are taken once
+//! they are closed and stable, ingested through the same pipeline as an SFTP upload, and deleted
+//! from the folder only after they were committed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use notify::{EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::config::DropDir;
+use crate::domain::names::is_temp_name;
+use crate::domain::tree::IngestKind;
+use crate::gateway::Gateway;
+
+/// A file must keep its size and modification time this long before it is taken.
+const STABLE_FOR: Duration = Duration::from_millis(700);
+/// Folders are also rescanned this often, in case an event was missed.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// Whether a name in a drop folder is a finished file (not hidden, not a temporary name).
+fn wanted(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| !n.starts_with('.') && !is_temp_name(n))
+}
+
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    (m.is_file()).then(|| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+}
+
+/// Takes one file: waits until it is stable, ingests it, deletes it after the commit.
+async fn take(gw: &Gateway, dir: &DropDir, kind: IngestKind, path: &Path) {
+    let Some(mut seen) = fingerprint(path) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(STABLE_FOR).await;
+        match fingerprint(path) {
+            None => return,
+            Some(now) if now == seen => break,
+            Some(now) => seen = now,
+        }
+    }
+    match super::local::ingest_file(gw, &dir.org, kind, path, "drop").await {
+        Ok(done) => {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::error!(path = %path.display(), "ingested but cannot delete from the drop folder: {e}");
+            }
+            tracing::info!(
+                path = %path.display(), org = %dir.org, upload = done.upload_id,
+                unreadable = done.unreadable.is_some(), "drop-folder file ingested"
+            );
+        }
+        Err(e) => tracing::error!(path = %path.display(), "drop-folder file left in place: {e:#}"),
+    }
+}
+
+fn scan(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| wanted(p)).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// Watches every configured drop folder until the process ends.
+pub async fn run(gw: Arc<Gateway>) {
+    let dirs = gw.config.drop_dirs.clone();
+    if dirs.is_empty() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
+    let events = tx.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(event) = res
+            && matches!(
+                event.kind,
+                EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
+                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                    | EventKind::Create(_)
+            )
+        {
+            for p in event.paths {
+                let _ = events.send(p);
+            }
+        }
+    });
+    let mut watcher = match watcher {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!("cannot watch drop folders: {e}; falling back to rescans");
+            return rescan_only(gw, dirs).await;
+        }
+    };
+    for d in &dirs {
+        if let Err(e) = watcher.watch(&d.path, RecursiveMode::NonRecursive) {
+            tracing::error!(path = %d.path.display(), "cannot watch drop folder: {e}");
+        }
+    }
+    let by_dir: HashMap<PathBuf, DropDir> = dirs.iter().map(|d| (d.path.clone(), d.clone())).collect();
+    // Files that arrived while the gateway was down, then a rescan now and then.
+    let rescan_tx = tx.clone();
+    let rescan_dirs = dirs.clone();
+    tokio::spawn(async move {
+        loop {
+            for d in &rescan_dirs {
+                for p in scan(&d.path) {
+                    let _ = rescan_tx.send(p);
+                }
+            }
+            tokio::time::sleep(RESCAN_EVERY).await;
+        }
+    });
+    let in_progress = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<PathBuf>::new()));
+    while let Some(path) = rx.recv().await {
+        if !wanted(&path) {
+            continue;
+        }
+        let Some(dir) = path.parent().and_then(|p| by_dir.get(p)).cloned() else {
+            continue;
+        };
+        let Some(kind) = IngestKind::parse(&dir.kind) else {
+            continue;
+        };
+        if !in_progress.lock().map(|mut s| s.insert(path.clone())).unwrap_or(false) {
+            continue;
+        }
+        let gw = gw.clone();
+        let in_progress = in_progress.clone();
+        tokio::spawn(async move {
+            take(&gw, &dir, kind, &path).await;
+            if let Ok(mut s) = in_progress.lock() {
+                s.remove(&path);
+            }
+        });
+    }
+    drop(watcher);
+}
+
+async fn rescan_only(gw: Arc<Gateway>, dirs: Vec<DropDir>) {
+    loop {
+        for d in &dirs {
+            let Some(kind) = IngestKind::parse(&d.kind) else {
+                continue;
+            };
+            for p in scan(&d.path) {
+                take(&gw, d, kind, &p).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
