@@ -517,20 +517,46 @@ fn drop_folder_files_are_ingested_then_removed() {
     std::thread::sleep(Duration::from_millis(300));
     f.write_all(b.as_bytes()).unwrap();
     drop(f);
-    std::fs::write(folder.path().join("ignored.csv.tmp"), b"still being written").unwrap();
-    wait_until("the drop-folder file to be taken", Duration::from_secs(20), || !path.exists());
-    assert_eq!(g.sqlite("SELECT COUNT(*) FROM learners WHERE school_org_id IS NOT NULL").trim(), "2");
+    std::fs::write(
+        folder.path().join("ignored.csv.tmp"),
+        b"still being written",
+    )
+    .unwrap();
+    wait_until(
+        "the drop-folder file to be taken",
+        Duration::from_secs(20),
+        || !path.exists(),
+    );
+    assert_eq!(
+        g.sqlite("SELECT COUNT(*) FROM learners WHERE school_org_id IS NOT NULL")
+            .trim(),
+        "2"
+    );
     let names = receipts(&g, "school-a-user", "/receipts");
-    assert!(names.iter().any(|n| n.ends_with("-roster-nightly.csv.txt")), "{names:?}");
-    assert!(g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n").contains("roster-nightly.csv"));
-    assert!(folder.path().join("ignored.csv.tmp").exists(), "temporary names are left alone");
+    assert!(
+        names.iter().any(|n| n.ends_with("-roster-nightly.csv.txt")),
+        "{names:?}"
+    );
+    assert!(
+        g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n")
+            .contains("roster-nightly.csv")
+    );
+    assert!(
+        folder.path().join("ignored.csv.tmp").exists(),
+        "temporary names are left alone"
+    );
 
     // Arrives while the gateway is down.
     g.stop_server();
     let later = folder.path().join("roster-2.csv");
     std::fs::write(&later, roster.replace("Taylor", "Taylor-Smith")).unwrap();
     g.start_server();
-    wait_until("the file left while down", Duration::from_secs(20), || !later.exists());
-    let surname = g.sqlite(&format!("SELECT surname FROM learners WHERE upn = '{}'", upn(51)));
+    wait_until("the file left while down", Duration::from_secs(20), || {
+        !later.exists()
+    });
+    let surname = g.sqlite(&format!(
+        "SELECT surname FROM learners WHERE upn = '{}'",
+        upn(51)
+    ));
     assert_eq!(surname.trim(), "Taylor-Smith");
 }

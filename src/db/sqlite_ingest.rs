@@ -1,7 +1,5 @@
 //! SQLite: ingest jobs and applying parsed files to the attendance and referral tables.
 
-use std::collections::HashMap;
-
 use chrono::Datelike;
 use sqlx::{Row, SqliteConnection};
 
@@ -198,132 +196,163 @@ pub(super) async fn apply_ingest(
     Ok(Some(report))
 }
 
-/// The id and home school of a learner, creating (and flagging) an unknown one.
-async fn learner_for_mark(
-    conn: &mut SqliteConnection,
-    cache: &mut HashMap<String, (i64, Option<i64>)>,
-    job: &IngestJob,
-    row: usize,
-    r: &RegisterRow,
-    report: &mut ApplyReport,
-) -> anyhow::Result<(i64, Option<i64>)> {
-    if let Some(hit) = cache.get(&r.upn) {
-        return Ok(*hit);
-    }
-    let found: Option<(i64, Option<i64>)> =
-        sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
-            .bind(&r.upn)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let learner = match found {
-        Some(l) => l,
-        None => {
-            let now = now_text();
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO learners (upn, surname, forename, flagged, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-            )
-            .bind(&r.upn)
-            .bind(&r.surname)
-            .bind(&r.forename)
-            .bind(format!(
-                "created from a register of {}: check the details and set the home school",
-                job.org.slug
-            ))
-            .bind(&now)
-            .fetch_one(&mut *conn)
-            .await?;
-            report.note(
-                row,
-                format!(
-                    "learner {} was not known: created from this row and flagged for the hub",
-                    r.upn
-                ),
-            );
-            (id, None)
-        }
-    };
-    cache.insert(r.upn.clone(), learner);
-    Ok(learner)
-}
+/// Rows per multi-row INSERT into the staging table (14 values each; SQLite allows 32766).
+const STAGING_ROWS: usize = 1000;
 
+/// Applies a register set-wise: the valid rows go into a temporary staging table in large
+/// INSERTs, then a few statements create unknown learners, retire the marks being amended and
+/// insert every new version with its history number.
 async fn apply_register(
     conn: &mut SqliteConnection,
     job: &IngestJob,
     rows: &[RowResult<RegisterRow>],
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
-    let mut learners = HashMap::new();
-    let mut unexplained: HashMap<i64, usize> = HashMap::new();
-    let now = now_text();
+    let mut valid: Vec<(usize, &RegisterRow)> = Vec::with_capacity(rows.len());
     for rr in rows {
-        let r = match &rr.result {
-            Ok(r) => r,
-            Err(e) => {
-                report.reject(rr.row, e.clone());
-                continue;
-            }
-        };
-        let (learner_id, school) =
-            learner_for_mark(conn, &mut learners, job, rr.row, r, report).await?;
-        let date = r.date.to_string();
-        let current: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT id, version FROM marks WHERE provider_org_id = $1 AND learner_id = $2
-             AND date = $3 AND start = $4 AND course = $5 AND current = 1",
-        )
-        .bind(job.org.id)
-        .bind(learner_id)
-        .bind(&date)
-        .bind(&r.start)
-        .bind(&r.course)
-        .fetch_optional(&mut *conn)
+        match &rr.result {
+            Ok(r) => valid.push((rr.row, r)),
+            Err(e) => report.reject(rr.row, e.clone()),
+        }
+    }
+    if valid.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS staging_marks (
+            row_number INTEGER PRIMARY KEY, upn TEXT NOT NULL, surname TEXT NOT NULL,
+            forename TEXT NOT NULL, date TEXT NOT NULL, start TEXT NOT NULL, end_time TEXT NOT NULL,
+            course TEXT NOT NULL, status TEXT NOT NULL, contribution INTEGER NOT NULL, grp TEXT,
+            location TEXT, dfe_code TEXT, note TEXT, learner_id INTEGER, prior INTEGER)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM staging_marks")
+        .execute(&mut *conn)
         .await?;
-        let version = match current {
-            Some((id, v)) => {
-                sqlx::query("UPDATE marks SET current = 0 WHERE id = $1")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await?;
-                report.amended += 1;
-                v + 1
-            }
-            None => 1,
-        };
+    for chunk in valid.chunks(STAGING_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO staging_marks (row_number, upn, surname, forename, date, start, end_time, course,
+             status, contribution, grp, location, dfe_code, note) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            sql.push_str("?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        }
+        let mut q = sqlx::query(&sql);
+        for (row, r) in chunk {
+            q = q
+                .bind(*row as i64)
+                .bind(&r.upn)
+                .bind(&r.surname)
+                .bind(&r.forename)
+                .bind(r.date.to_string())
+                .bind(&r.start)
+                .bind(&r.end)
+                .bind(&r.course)
+                .bind(r.status.as_str())
+                .bind(i64::from(r.contribution))
+                .bind(&r.group)
+                .bind(&r.location)
+                .bind(&r.dfe_code)
+                .bind(&r.note);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let now = now_text();
+    // Unknown learners: created from their first row and flagged for the hub.
+    let created: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT MIN(row_number), upn FROM staging_marks
+         WHERE upn NOT IN (SELECT upn FROM learners) GROUP BY upn",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !created.is_empty() {
         sqlx::query(
-            "INSERT INTO marks (provider_org_id, learner_id, date, start, end_time, course, status,
-                contribution, grp, location, dfe_code, note, version, current, source, upload_id,
-                row_number, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, 'register', $14, $15, $16)",
+            "INSERT INTO learners (upn, surname, forename, flagged, created_at, updated_at)
+             SELECT upn, surname, forename, $1, $2, $2 FROM staging_marks
+             WHERE row_number IN (SELECT MIN(row_number) FROM staging_marks
+                                  WHERE upn NOT IN (SELECT upn FROM learners) GROUP BY upn)",
         )
-        .bind(job.org.id)
-        .bind(learner_id)
-        .bind(&date)
-        .bind(&r.start)
-        .bind(&r.end)
-        .bind(&r.course)
-        .bind(r.status.as_str())
-        .bind(i64::from(r.contribution))
-        .bind(&r.group)
-        .bind(&r.location)
-        .bind(&r.dfe_code)
-        .bind(&r.note)
-        .bind(version)
-        .bind(job.upload_id)
-        .bind(rr.row as i64)
+        .bind(format!(
+            "created from a register of {}: check the details and set the home school",
+            job.org.slug
+        ))
         .bind(&now)
         .execute(&mut *conn)
         .await?;
-        report.accepted += 1;
-        if r.status == Status::UnexplainedAbsence
-            && let Some(s) = school
-        {
-            *unexplained.entry(s).or_default() += 1;
+        for (row, upn) in created {
+            report.note(
+                row as usize,
+                format!(
+                    "learner {upn} was not known: created from this row and flagged for the hub"
+                ),
+            );
         }
     }
+    sqlx::query(
+        "UPDATE staging_marks SET learner_id = (SELECT id FROM learners l WHERE l.upn = staging_marks.upn)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    // The version each lesson's current mark has now, if any.
+    sqlx::query(
+        "UPDATE staging_marks SET prior = (
+            SELECT m.version FROM marks m WHERE m.current = 1 AND m.provider_org_id = $1
+              AND m.learner_id = staging_marks.learner_id AND m.date = staging_marks.date
+              AND m.start = staging_marks.start AND m.course = staging_marks.course)",
+    )
+    .bind(job.org.id)
+    .execute(&mut *conn)
+    .await?;
+    let amended: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (
+            SELECT prior, ROW_NUMBER() OVER (PARTITION BY learner_id, date, start, course
+                                             ORDER BY row_number) AS rk
+            FROM staging_marks) WHERE prior IS NOT NULL OR rk > 1",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    report.amended += amended as usize;
+    sqlx::query(
+        "UPDATE marks SET current = 0 WHERE current = 1 AND provider_org_id = $1
+           AND (learner_id, date, start, course) IN
+               (SELECT learner_id, date, start, course FROM staging_marks WHERE prior IS NOT NULL)",
+    )
+    .bind(job.org.id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO marks (provider_org_id, learner_id, date, start, end_time, course, status,
+            contribution, grp, location, dfe_code, note, version, current, source, upload_id,
+            row_number, created_at)
+         SELECT $1, learner_id, date, start, end_time, course, status, contribution, grp, location,
+            dfe_code, note, COALESCE(prior, 0) + rk, rk = n, 'register', $2, row_number, $3
+         FROM (SELECT s.*, ROW_NUMBER() OVER w AS rk, COUNT(*) OVER k AS n FROM staging_marks s
+               WINDOW k AS (PARTITION BY learner_id, date, start, course),
+                      w AS (k ORDER BY row_number))
+         ORDER BY row_number",
+    )
+    .bind(job.org.id)
+    .bind(job.upload_id)
+    .bind(&now)
+    .execute(&mut *conn)
+    .await?;
+    report.accepted += valid.len();
+    let unexplained: Vec<(i64, i64)> = sqlx::query_as(
+        "SELECT l.school_org_id, COUNT(*) FROM staging_marks s JOIN learners l ON l.id = s.learner_id
+         WHERE s.status = 'unexplained_absence' AND l.school_org_id IS NOT NULL
+         GROUP BY l.school_org_id",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     for (school, count) in unexplained {
         let payload = serde_json::json!({ "school_org_id": school, "count": count, "provider_org_id": job.org.id });
         insert_event(conn, "unexplained_absences", job.upload_id, payload).await?;
     }
+    sqlx::query("DELETE FROM staging_marks")
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

@@ -61,7 +61,12 @@ async fn take(gw: &Gateway, dir: &DropDir, kind: IngestKind, path: &Path) {
 
 fn scan(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| wanted(p)).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| wanted(p))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     files
@@ -79,8 +84,9 @@ pub async fn run(gw: Arc<Gateway>) {
         if let Ok(event) = res
             && matches!(
                 event.kind,
-                EventKind::Access(notify::event::AccessKind::Close(notify::event::AccessMode::Write))
-                    | EventKind::Modify(notify::event::ModifyKind::Name(_))
+                EventKind::Access(notify::event::AccessKind::Close(
+                    notify::event::AccessMode::Write
+                )) | EventKind::Modify(notify::event::ModifyKind::Name(_))
                     | EventKind::Create(_)
             )
         {
@@ -101,7 +107,8 @@ pub async fn run(gw: Arc<Gateway>) {
             tracing::error!(path = %d.path.display(), "cannot watch drop folder: {e}");
         }
     }
-    let by_dir: HashMap<PathBuf, DropDir> = dirs.iter().map(|d| (d.path.clone(), d.clone())).collect();
+    let by_dir: HashMap<PathBuf, DropDir> =
+        dirs.iter().map(|d| (d.path.clone(), d.clone())).collect();
     // Files that arrived while the gateway was down, then a rescan now and then.
     let rescan_tx = tx.clone();
     let rescan_dirs = dirs.clone();
@@ -115,7 +122,9 @@ pub async fn run(gw: Arc<Gateway>) {
             tokio::time::sleep(RESCAN_EVERY).await;
         }
     });
-    let in_progress = Arc::new(std::sync::Mutex::new(std::collections::HashSet::<PathBuf>::new()));
+    let in_progress = Arc::new(std::sync::Mutex::new(
+        std::collections::HashSet::<PathBuf>::new(),
+    ));
     while let Some(path) = rx.recv().await {
         if !wanted(&path) {
             continue;
@@ -126,7 +135,11 @@ pub async fn run(gw: Arc<Gateway>) {
         let Some(kind) = IngestKind::parse(&dir.kind) else {
             continue;
         };
-        if !in_progress.lock().map(|mut s| s.insert(path.clone())).unwrap_or(false) {
+        if !in_progress
+            .lock()
+            .map(|mut s| s.insert(path.clone()))
+            .unwrap_or(false)
+        {
             continue;
         }
         let gw = gw.clone();

@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""Ingest speed of apgate against `sqlite3 .import`, and upload-to-receipt latency.
+
+1. A register CSV of N rows (default 1,000,000) is ingested with `apgate ingest` (store, encrypt,
+   commit, parse, validate every row, apply with history, receipt) into a fresh gateway; in the
+   same run `sqlite3 .import` loads the same CSV into a bare table of a fresh file database: the
+   ceiling. Prints rows/s for both and the ratio (target >= 0.5).
+2. 100 small register files are put one after the other through `apgate serve` with the real
+   `sftp`; the latency from the commit of each upload to its receipt is read from the database
+   (both timestamps are written by the gateway). Prints p50/p99 (target p99 < 1 s).
+
+    python3 bench/ingest.py [--rows 1000000] [--files 100]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date, datetime, timedelta
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LETTERS = "ABCDEFGHJKLMNPQRTUVWXYZ"
+
+
+def upn(n):
+    body = f"801200{n:06d}"
+    total = sum(int(d) * (i + 2) for i, d in enumerate(body))
+    return LETTERS[total % 23] + body
+
+
+def write_register(path, rows):
+    learners = [upn(i) for i in range(1, 2001)]
+    start = date(2025, 9, 1)
+    statuses = ["present"] * 16 + ["late", "unexplained_absence", "not_required", "dismissed_other"]
+    with open(path, "w") as f:
+        f.write("date,start,end,course,upn,surname,forename,status,contribution,dfe_code,note\n")
+        for i in range(rows):
+            learner = learners[i % len(learners)]
+            day = start + timedelta(days=(i // len(learners)) % 300)
+            course = f"Course {(i // (len(learners) * 300)) % 50}"
+            status = statuses[i % len(statuses)]
+            contribution = (i % 5) - 2 if status in ("present", "late") else ""
+            f.write(f"{day},09:00,12:00,{course},{learner},Surname{i % 2000},Forename,{status},{contribution},,\n")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway(work, binary, name, extra=""):
+    d = os.path.join(work, name)
+    os.makedirs(os.path.join(d, "clients"))
+    port = free_port()
+    config = os.path.join(d, "apgate.yaml")
+    with open(config, "w") as f:
+        f.write(f"listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\nlog: {{ level: warn }}\n"
+                "limits: { connections_per_second: 1000 }\n" + extra)
+
+    def cli(*args):
+        subprocess.run([binary, "--config", config, *args], check=True, capture_output=True)
+
+    cli("init")
+    cli("org", "add", "--kind", "hub", "--slug", "cap", "--name", "Hub")
+    cli("org", "add", "--kind", "provider", "--slug", "prov-a", "--name", "Provider A")
+    key = os.path.join(d, "clients", "prov")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True)
+    cli("user", "add", "--org", "prov-a", "--username", "prov-user", "--role", "coordinator", "--key-file", key + ".pub")
+    return d, config, port, key
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--files", type=int, default=100)
+    args = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+    binary = os.path.join(REPO, "target", "release", "apgate")
+    work = tempfile.mkdtemp(prefix="apgate-ingest-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    try:
+        csv_path = os.path.join(work, "register.csv")
+        write_register(csv_path, args.rows)
+        size_mb = os.path.getsize(csv_path) / 1e6
+
+        # The ceiling: sqlite3 .import into a bare table of a fresh file database.
+        db = os.path.join(work, "bare.db")
+        t = time.monotonic()
+        subprocess.run(["sqlite3", db], input=f".mode csv\n.import {csv_path} marks\n", text=True, check=True)
+        sqlite_s = time.monotonic() - t
+
+        d, config, _, _ = gateway(work, binary, "apgate")
+        t = time.monotonic()
+        r = subprocess.run([binary, "--config", config, "ingest", csv_path, "--org", "prov-a", "--kind", "register"],
+                           capture_output=True, text=True)
+        apgate_s = time.monotonic() - t
+        if r.returncode != 0:
+            sys.exit(f"apgate ingest failed: {r.stderr}")
+        accepted = next((line for line in r.stdout.splitlines() if line.startswith("Result:")), "").strip()
+        print(f"register CSV: {args.rows} rows, {size_mb:.0f} MB")
+        print(f"sqlite3 .import (bare table):      {sqlite_s:7.2f} s  {args.rows / sqlite_s:10.0f} rows/s")
+        print(f"apgate ingest (validated, applied): {apgate_s:7.2f} s  {args.rows / apgate_s:10.0f} rows/s  "
+              f"ratio {sqlite_s / apgate_s:.2f}   [{accepted}]")
+
+        # Upload-close to receipt latency through the real server.
+        d, config, port, key = gateway(work, binary, "latency")
+        serve = subprocess.Popen([binary, "--config", config, "serve"], stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.time() > deadline:
+                        sys.exit("serve did not start")
+                    time.sleep(0.05)
+            small = os.path.join(work, "small")
+            os.makedirs(small)
+            batch = []
+            for i in range(args.files):
+                p = os.path.join(small, f"reg-{i:03d}.csv")
+                with open(p, "w") as f:
+                    f.write("date,start,end,course,upn,surname,forename,status\n")
+                    for j in range(10):
+                        f.write(f"2026-11-{(i % 20) + 1:02d},09:00,12:00,C{i},{upn(j + 1)},S,F,present\n")
+                batch.append(f"put {p} /registers/")
+            bfile = os.path.join(work, "batch")
+            with open(bfile, "w") as f:
+                f.write("\n".join(batch) + "\n")
+            subprocess.run(["sftp", "-q", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-i", key,
+                            "-P", str(port), "-b", bfile, "prov-user@127.0.0.1"], check=True,
+                           stdout=subprocess.DEVNULL)
+        finally:
+            serve.terminate()
+            serve.wait()
+        con = sqlite3.connect(os.path.join(d, "data", "apgate.db"))
+        rows = con.execute("SELECT u.created_at, r.created_at FROM receipts r JOIN uploads u ON u.id = r.upload_id").fetchall()
+
+        def ts(s):
+            return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ")
+
+        lat = sorted((ts(b) - ts(a)).total_seconds() * 1000 for a, b in rows)
+        if len(lat) != args.files:
+            sys.exit(f"expected {args.files} receipts, found {len(lat)}")
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+        print(f"upload commit -> receipt, {len(lat)} files of 10 rows: p50 {statistics.median(lat):.1f} ms, "
+              f"p99 {p99:.1f} ms, max {lat[-1]:.1f} ms")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
