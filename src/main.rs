@@ -184,10 +184,10 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         return Ok(String::new());
     }
     let config = Config::load(&config_path)?;
+    init_logging(Some(&config));
     match cli.command {
         Command::Demo { .. } => unreachable!("handled above"),
         Command::Serve => {
-            init_logging(Some(&config));
             serve::serve(config).await?;
             Ok(String::new())
         }

@@ -37,8 +37,8 @@ CREATE TABLE marks (
     row_number      INTEGER NOT NULL,
     created_at      TEXT NOT NULL
 );
-CREATE UNIQUE INDEX marks_current ON marks (provider_org_id, learner_id, date, start, course) WHERE current = 1;
-CREATE INDEX marks_learner ON marks (learner_id, date, start);
+-- One index serves both the one-current-mark rule and lookups by learner and lesson time.
+CREATE UNIQUE INDEX marks_current ON marks (learner_id, date, start, course, provider_org_id) WHERE current = 1;
 
 CREATE TABLE referrals (
     id            INTEGER PRIMARY KEY,

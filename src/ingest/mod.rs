@@ -106,6 +106,7 @@ pub async fn process(gw: &Gateway, job_id: i64) -> anyhow::Result<Option<ApplyRe
     if job.done {
         return Ok(None);
     }
+    let started = std::time::Instant::now();
     let batch = match gw.db.applied_duplicate(&job).await? {
         Some(of) => Batch::Duplicate(of),
         None => {
@@ -144,7 +145,14 @@ pub async fn process(gw: &Gateway, job_id: i64) -> anyhow::Result<Option<ApplyRe
             job.kind.as_str(),
             job.file_name
         ));
+    let parsed = started.elapsed();
     let report = gw.db.apply_ingest(&job, &batch, &audit).await?;
+    tracing::debug!(
+        job = job.job_id,
+        read_and_parse_ms = parsed.as_millis() as u64,
+        apply_ms = (started.elapsed() - parsed).as_millis() as u64,
+        "ingest timings"
+    );
     if let Some(r) = &report {
         tracing::info!(
             org = %job.org.slug, kind = job.kind.as_str(), upload = job.upload_id,
