@@ -54,6 +54,8 @@ enum Command {
     /// Encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Checks the config file: prints "config OK" or each problem with its key.
+    CheckConfig,
     /// Ingests a file as if ORG had uploaded it into its ingest folder; prints the receipt.
     Ingest {
         file: PathBuf,
@@ -145,7 +147,9 @@ fn init_logging(config: Option<&Config>) {
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},russh=warn,sqlx=warn")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour only on a terminal: log files and the journal get plain lines (fail2ban reads them).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if config.is_some_and(|c| c.log.format == LogFormat::Json) {
         builder.json().init();
     } else {
@@ -183,10 +187,14 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         serve::serve(config).await?;
         return Ok(String::new());
     }
+    if let Command::CheckConfig = cli.command {
+        Config::load(&config_path)?;
+        return Ok(format!("config OK: {}", config_path.display()));
+    }
     let config = Config::load(&config_path)?;
     init_logging(Some(&config));
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. } | Command::CheckConfig => unreachable!("handled above"),
         Command::Serve => {
             serve::serve(config).await?;
             Ok(String::new())

@@ -4,9 +4,9 @@ mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Gateway, wait_until};
+use common::{Gateway, password_login, wait_until};
 
 #[test]
 fn no_path_leaves_the_tree_or_reaches_another_organisation() {
@@ -89,58 +89,6 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
             .all(|l| l.starts_with("sftp>"))
     );
     assert!(!g.log().contains("panicked"));
-}
-
-fn askpass(g: &Gateway, password: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = g.path(&format!("askpass-{}", common::rand_suffix()));
-    std::fs::write(&p, format!("#!/bin/sh\necho '{password}'\n")).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).unwrap();
-    p
-}
-
-/// Logs in with a password through OpenSSH's askpass; returns (success, output, seconds).
-fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String, f64) {
-    let batch = g.path("pw-batch");
-    std::fs::write(&batch, "ls /\n").unwrap();
-    let start = Instant::now();
-    let out = Command::new("sftp")
-        .args([
-            "-o",
-            "BatchMode=no",
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "NumberOfPasswordPrompts=1",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            g.path("known_hosts").display()
-        ))
-        .arg("-P")
-        .arg(g.port.to_string())
-        .arg("-b")
-        .arg(&batch)
-        .arg(format!("{user}@127.0.0.1"))
-        .env("SSH_ASKPASS", askpass(g, password))
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("DISPLAY", ":0")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text, start.elapsed().as_secs_f64())
 }
 
 #[test]

@@ -1,0 +1,89 @@
+//! What an operator relies on: config checking and logs fail2ban can read.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Gateway, password_login};
+
+#[test]
+fn check_config_names_the_key() {
+    let g = Gateway::configured("");
+    assert!(g.cli_ok(&["check-config"]).contains("config OK"));
+    let bad = Gateway::configured("limits: { idle_timeout_s: -5 }");
+    let r = bad.cli(&["check-config"]);
+    assert!(
+        !r.ok && r.stderr.contains("limits.idle_timeout_s"),
+        "{}",
+        r.all()
+    );
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apgate.example.yaml");
+    let r = Command::new(common::BIN)
+        .arg("--config")
+        .arg(&example)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        r.status.success(),
+        "the example config is valid: {}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+/// Failed logins from a real client produce lines the shipped fail2ban filter matches, one per
+/// failure, with the address; nothing secret is logged.
+#[test]
+fn fail2ban_filter_matches_failed_logins() {
+    let g = Gateway::start();
+    let r = g.cli_stdin(
+        &[
+            "user",
+            "add",
+            "--org",
+            "school-a",
+            "--username",
+            "pw-user",
+            "--role",
+            "coordinator",
+            "--password-stdin",
+        ],
+        "correct horse battery staple\n",
+    );
+    assert!(r.ok, "{}", r.all());
+    for (user, pw) in [
+        ("pw-user", "wrong password one"),
+        ("pw-user", "wrong password two"),
+        ("nobody", "guess"),
+    ] {
+        assert!(!password_login(&g, user, pw).0);
+    }
+    assert!(password_login(&g, "pw-user", "correct horse battery staple").0);
+    let log = g.path("serve.log");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        !text.contains("wrong password") && !text.contains("battery"),
+        "no password in the log"
+    );
+    assert!(!text.contains('\u{1b}'), "plain lines without colour codes");
+    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("contrib/fail2ban/filter.d/apgate.conf");
+    let out = Command::new("fail2ban-regex")
+        .arg(&log)
+        .arg(&filter)
+        .output()
+        .expect("fail2ban-regex (Debian package fail2ban) must be installed; .ci/run does");
+    let report = String::from_utf8_lossy(&out.stdout);
+    let matched = report
+        .lines()
+        .find(|l| l.starts_with("Lines:"))
+        .and_then(|l| l.split(',').find(|p| p.contains("matched")))
+        .and_then(|p| {
+            p.split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<u32>().ok())
+        });
+    assert_eq!(matched, Some(3), "{report}");
+    assert!(report.contains("127.0.0.1"), "{report}");
+}
