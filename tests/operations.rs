@@ -37,21 +37,7 @@ fn check_config_names_the_key() {
 #[test]
 fn fail2ban_filter_matches_failed_logins() {
     let g = Gateway::start();
-    let r = g.cli_stdin(
-        &[
-            "user",
-            "add",
-            "--org",
-            "school-a",
-            "--username",
-            "pw-user",
-            "--role",
-            "coordinator",
-            "--password-stdin",
-        ],
-        "correct horse battery staple\n",
-    );
-    assert!(r.ok, "{}", r.all());
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
     for (user, pw) in [
         ("pw-user", "wrong password one"),
         ("pw-user", "wrong password two"),

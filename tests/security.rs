@@ -94,21 +94,7 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
 #[test]
 fn password_and_key_authentication() {
     let g = Gateway::start();
-    let r = g.cli_stdin(
-        &[
-            "user",
-            "add",
-            "--org",
-            "school-a",
-            "--username",
-            "pw-user",
-            "--role",
-            "coordinator",
-            "--password-stdin",
-        ],
-        "correct horse battery staple\n",
-    );
-    assert!(r.ok, "{}", r.all());
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
     let stored = g.sqlite("SELECT password_hash FROM users WHERE username = 'pw-user'");
     assert!(
         stored.starts_with("$argon2id$"),

@@ -196,6 +196,18 @@ pub(super) async fn apply_ingest(
     Ok(Some(report))
 }
 
+/// The accepted rows of a parsed file; the rejected ones go into the report with their reason.
+fn accepted<'a, T>(rows: &'a [RowResult<T>], report: &mut ApplyReport) -> Vec<(usize, &'a T)> {
+    let mut ok = Vec::with_capacity(rows.len());
+    for rr in rows {
+        match &rr.result {
+            Ok(value) => ok.push((rr.row, value)),
+            Err(e) => report.reject(rr.row, e.clone()),
+        }
+    }
+    ok
+}
+
 /// Rows per multi-row INSERT into the staging table (16 values each; SQLite allows 32766).
 const STAGING_ROWS: usize = 1000;
 
@@ -273,13 +285,7 @@ async fn apply_register(
     rows: &[RowResult<RegisterRow>],
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
-    let mut valid: Vec<(usize, &RegisterRow)> = Vec::with_capacity(rows.len());
-    for rr in rows {
-        match &rr.result {
-            Ok(r) => valid.push((rr.row, r)),
-            Err(e) => report.reject(rr.row, e.clone()),
-        }
-    }
+    let valid = accepted(rows, report);
     if valid.is_empty() {
         return Ok(());
     }
@@ -429,14 +435,7 @@ async fn apply_absences(
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
     let now = now_text();
-    for rr in rows {
-        let d = match &rr.result {
-            Ok(d) => d,
-            Err(e) => {
-                report.reject(rr.row, e.clone());
-                continue;
-            }
-        };
+    for (row, d) in accepted(rows, report) {
         let learner: Option<(i64, Option<i64>)> =
             sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
                 .bind(&d.upn)
@@ -445,7 +444,7 @@ async fn apply_absences(
         let Some((learner_id, Some(school))) = learner.filter(|(_, s)| *s == Some(job.org.id))
         else {
             report.reject(
-                rr.row,
+                row,
                 format!("learner {} is not on your school's roster; only your own learners' absences can be decided", d.upn),
             );
             continue;
@@ -462,7 +461,7 @@ async fn apply_absences(
         .await?;
         if marks.is_empty() {
             report.reject(
-                rr.row,
+                row,
                 format!(
                     "there is no unexplained absence for {} on {} at {} to decide (it may be decided already)",
                     d.upn, d.date, d.start
@@ -489,7 +488,7 @@ async fn apply_absences(
             }))
             .bind(&d.note)
             .bind(job.upload_id)
-            .bind(rr.row as i64)
+            .bind(row as i64)
             .bind(&now)
             .bind(id)
             .execute(&mut *conn)
@@ -507,14 +506,7 @@ async fn apply_roster(
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
     let now = now_text();
-    for rr in rows {
-        let r = match &rr.result {
-            Ok(r) => r,
-            Err(e) => {
-                report.reject(rr.row, e.clone());
-                continue;
-            }
-        };
+    for (row, r) in accepted(rows, report) {
         let existing: Option<(i64, Option<i64>)> =
             sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
                 .bind(&r.upn)
@@ -524,7 +516,7 @@ async fn apply_roster(
             && school != job.org.id
         {
             report.reject(
-                rr.row,
+                row,
                 format!(
                     "learner {} is on another school's roll; ask the hub to move them",
                     r.upn
@@ -587,14 +579,7 @@ async fn apply_referrals(
 ) -> anyhow::Result<()> {
     let now = now_text();
     let year = received(job).year();
-    for rr in rows {
-        let r = match &rr.result {
-            Ok(r) => r,
-            Err(e) => {
-                report.reject(rr.row, e.clone());
-                continue;
-            }
-        };
+    for (row, r) in accepted(rows, report) {
         let reference = next_reference(conn, "referrals", "REF", year).await?;
         sqlx::query(
             "INSERT INTO referrals (reference, school_org_id, upload_id, upn, tier, form, received_at)
@@ -623,7 +608,7 @@ async fn apply_referrals(
         .bind(&now)
         .execute(&mut *conn)
         .await?;
-        report.note(rr.row, format!("accepted: reference {reference}"));
+        report.note(row, format!("accepted: reference {reference}"));
         report.accepted += 1;
         let payload = serde_json::json!({ "school_org_id": job.org.id, "reference": reference, "tier": r.tier });
         insert_event(conn, "referral_received", job.upload_id, payload).await?;
@@ -639,14 +624,7 @@ async fn apply_withdrawals(
 ) -> anyhow::Result<()> {
     let day = received(job);
     let deadline = add_working_days(day, 5, &[]);
-    for rr in rows {
-        let w = match &rr.result {
-            Ok(w) => w,
-            Err(e) => {
-                report.reject(rr.row, e.clone());
-                continue;
-            }
-        };
+    for (row, w) in accepted(rows, report) {
         let provider: Option<(i64, String)> =
             sqlx::query_as("SELECT id, kind FROM orgs WHERE slug = $1")
                 .bind(&w.provider)
@@ -656,7 +634,7 @@ async fn apply_withdrawals(
             Some((id, kind)) if kind == "provider" => id,
             _ => {
                 report.reject(
-                    rr.row,
+                    row,
                     format!(
                         "provider `{}` is not a provider known to the hub",
                         w.provider
@@ -667,7 +645,7 @@ async fn apply_withdrawals(
         };
         if job.org.kind == OrgKind::Provider && provider_id != job.org.id {
             report.reject(
-                rr.row,
+                row,
                 format!(
                     "a provider can request withdrawals only from its own courses (provider: {})",
                     job.org.slug
@@ -696,7 +674,7 @@ async fn apply_withdrawals(
         .execute(&mut *conn)
         .await?;
         report.note(
-            rr.row,
+            row,
             format!(
                 "accepted: reference {reference}; the hub will process it by {} (the fifth working day after receipt)",
                 deadline.format("%A %-d %B %Y")

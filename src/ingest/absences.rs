@@ -2,7 +2,7 @@
 
 use chrono::NaiveDate;
 
-use super::table::{ColumnSpec, RowResult, Sheet, Unreadable, parse_time};
+use super::table::{ColumnSpec, RowResult, Unreadable, parse_rows, parse_time};
 use crate::domain::attendance::{Status, check_dfe_code};
 use crate::domain::dates::parse_date;
 use crate::domain::identifiers::check_upn;
@@ -54,14 +54,7 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<AbsenceDecision, String> {
 }
 
 pub fn parse(text: &str) -> Result<Vec<RowResult<AbsenceDecision>>, Unreadable> {
-    let mut sheet = Sheet::open(text, &COLUMNS)?;
-    Ok(sheet
-        .rows()
-        .map(|(row, r)| RowResult {
-            row,
-            result: r.and_then(|r| parse_row(&r)),
-        })
-        .collect())
+    parse_rows(text, &COLUMNS, parse_row)
 }
 
 #[cfg(test)]

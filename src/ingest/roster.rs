@@ -1,6 +1,6 @@
 //! Nightly MIS roster CSV from schools (SPEC §4.5): upserts the school's learners.
 
-use super::table::{ColumnSpec, RowResult, Sheet, Unreadable};
+use super::table::{ColumnSpec, RowResult, Unreadable, parse_rows};
 use crate::domain::dates::parse_date;
 use crate::domain::identifiers::check_upn;
 
@@ -86,14 +86,7 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<RosterRow, String> {
 }
 
 pub fn parse(text: &str) -> Result<Vec<RowResult<RosterRow>>, Unreadable> {
-    let mut sheet = Sheet::open(text, &COLUMNS)?;
-    Ok(sheet
-        .rows()
-        .map(|(row, r)| RowResult {
-            row,
-            result: r.and_then(|r| parse_row(&r)),
-        })
-        .collect())
+    parse_rows(text, &COLUMNS, parse_row)
 }
 
 #[cfg(test)]

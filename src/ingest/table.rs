@@ -166,6 +166,22 @@ impl<'a> Sheet<'a> {
     }
 }
 
+/// Reads a CSV of `spec` and turns each row into a `T` (or the reason it is rejected).
+pub fn parse_rows<T>(
+    text: &str,
+    spec: &ColumnSpec,
+    parse_row: impl Fn(&Row<'_>) -> Result<T, String>,
+) -> Result<Vec<RowResult<T>>, Unreadable> {
+    let mut sheet = Sheet::open(text, spec)?;
+    Ok(sheet
+        .rows()
+        .map(|(row, r)| RowResult {
+            row,
+            result: r.and_then(|r| parse_row(&r)),
+        })
+        .collect())
+}
+
 /// One data row.
 pub struct Row<'s> {
     columns: &'s HashMap<&'static str, usize>,

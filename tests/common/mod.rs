@@ -205,6 +205,25 @@ impl Gateway {
         self.cli_ok(&args);
     }
 
+    /// A coordinator of `org` who logs in with a password only.
+    pub fn add_password_user(&self, username: &str, org: &str, password: &str) {
+        let r = self.cli_stdin(
+            &[
+                "user",
+                "add",
+                "--org",
+                org,
+                "--username",
+                username,
+                "--role",
+                "coordinator",
+                "--password-stdin",
+            ],
+            &format!("{password}\n"),
+        );
+        assert!(r.ok, "{}", r.all());
+    }
+
     pub fn key_path(&self, username: &str) -> PathBuf {
         self.path("clients").join(username)
     }
