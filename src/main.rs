@@ -56,6 +56,9 @@ enum Command {
     Keys(KeysCommand),
     /// Checks the config file: prints "config OK" or each problem with its key.
     CheckConfig,
+    /// Retention of stored files.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
     /// Ingests a file as if ORG had uploaded it into its ingest folder; prints the receipt.
     Ingest {
         file: PathBuf,
@@ -130,6 +133,16 @@ enum UserCommand {
 enum AuditCommand {
     /// Checks the hash chain: exit 0 and a count when whole, non-zero and the first broken entry otherwise.
     Verify,
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// One pass: deletes stored files older than retention_days (records stay, marked expired).
+    Run {
+        /// Act as if it were this time (RFC 3339), e.g. to check what a pass would do later.
+        #[arg(long)]
+        now: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -219,6 +232,19 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             Ok(format!(
                 "new age identity {recipient} encrypts new files from the next start of serve; old identities stay for reading"
             ))
+        }
+        Command::Retention(RetentionCommand::Run { now }) => {
+            let now = match now {
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&t)
+                    .map_err(|e| {
+                        anyhow::anyhow!("--now `{t}`: {e} (write e.g. 2027-03-01T00:00:00Z)")
+                    })?
+                    .with_timezone(&chrono::Utc),
+                None => chrono::Utc::now(),
+            };
+            let (gw, _keys) = serve::open_gateway(config).await?;
+            let n = apgate::retention::run_once(&gw, now).await?;
+            Ok(format!("{n} stored file(s) expired"))
         }
         Command::Ingest { file, org, kind } => {
             let kind = IngestKind::parse(&kind).ok_or_else(|| {

@@ -50,6 +50,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(end_disabled_sessions(gw.clone()));
     tokio::spawn(crate::ingest::run_pending(gw.clone()));
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
+    tokio::spawn(crate::retention::run(gw.clone()));
     let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config, listener));
     shutdown_signal().await;
     tracing::info!("shutting down");

@@ -73,3 +73,58 @@ fn fail2ban_filter_matches_failed_logins() {
     assert_eq!(matched, Some(3), "{report}");
     assert!(report.contains("127.0.0.1"), "{report}");
 }
+
+/// Files older than retention_days leave the store and the inbox; their records stay.
+#[test]
+fn retention_deletes_old_content_and_keeps_the_record() {
+    let g = Gateway::start_with("retention_days: 30");
+    let old = g.file("old.pdf", b"old plan");
+    let new = g.file("new.pdf", b"new plan");
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/old.pdf\n", old.display()),
+    );
+    // Received 40 days ago.
+    g.sqlite("UPDATE uploads SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days') WHERE name = 'old.pdf'");
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/new.pdf\n", new.display()),
+    );
+    assert_eq!(g.stored_blobs().len(), 2);
+
+    let out = g.cli_ok(&["retention", "run"]);
+    assert!(out.contains("1 stored file(s) expired"), "{out}");
+    assert_eq!(
+        g.stored_blobs().len(),
+        1,
+        "the old file's content is gone from disk"
+    );
+    let inbox = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
+    assert!(
+        !inbox.contains("old.pdf") && inbox.contains("new.pdf"),
+        "{inbox}"
+    );
+    let transfers = g.cli_ok(&["report", "transfers"]);
+    let old_row = transfers
+        .lines()
+        .find(|l| l.contains("old.pdf"))
+        .expect("the record stays");
+    assert!(old_row.ends_with('Z'), "expired_at is set: {old_row}");
+    assert!(
+        g.sqlite("SELECT detail FROM audit WHERE action = 'expire'")
+            .contains("old.pdf")
+    );
+    assert!(g.cli_ok(&["audit", "verify"]).contains("intact"));
+
+    // Later, as an operator checking ahead, everything is past its time.
+    let later = (chrono::Utc::now() + chrono::Days::new(31))
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    assert!(
+        g.cli_ok(&["retention", "run", "--now", &later])
+            .contains("1 stored file(s) expired")
+    );
+    assert!(g.stored_blobs().is_empty());
+    let bad = g.cli(&["retention", "run", "--now", "next tuesday"]);
+    assert!(!bad.ok && bad.stderr.contains("--now"), "{}", bad.all());
+}

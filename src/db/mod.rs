@@ -346,6 +346,13 @@ pub trait Database: Send + Sync {
     async fn org_usage(&self, org_id: i64) -> anyhow::Result<u64>;
     /// Every blob the database refers to (for cleaning orphans out of the store).
     async fn blob_names(&self) -> anyhow::Result<Vec<String>>;
+    /// Marks uploads received before `before` as expired (audited, one entry each) and returns
+    /// the blobs of every expired upload, for deletion from the store.
+    async fn expire_uploads(
+        &self,
+        before: &str,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<(usize, Vec<String>)>;
 
     async fn ingest_job(&self, job_id: i64) -> anyhow::Result<Option<IngestJob>>;
     async fn pending_ingest_jobs(&self) -> anyhow::Result<Vec<i64>>;

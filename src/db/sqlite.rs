@@ -762,6 +762,41 @@ impl Database for SqliteDb {
         super::sqlite_reports::activity(self).await
     }
 
+    async fn expire_uploads(
+        &self,
+        before: &str,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<(usize, Vec<String>)> {
+        let mut tx = self.begin().await?;
+        let due: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT u.id, o.slug, u.folder || '/' || u.name FROM uploads u
+             JOIN orgs o ON o.id = u.sender_org_id
+             WHERE u.created_at < $1 AND u.expired_at IS NULL ORDER BY u.id",
+        )
+        .bind(before)
+        .fetch_all(&mut *tx)
+        .await?;
+        let now = now_text();
+        for (id, org, path) in &due {
+            sqlx::query("UPDATE uploads SET expired_at = $1 WHERE id = $2")
+                .bind(&now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            let mut entry = audit.clone();
+            entry.org = org.clone();
+            entry.detail =
+                format!("upload {id}: /{path}: stored file deleted after the retention period");
+            append_audit(&mut tx, &entry).await?;
+        }
+        let blobs: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT blob FROM uploads WHERE expired_at IS NOT NULL")
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok((due.len(), blobs))
+    }
+
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
         append_audit(&mut tx, entry).await?;
