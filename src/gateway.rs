@@ -14,6 +14,9 @@ pub struct Gateway {
     pub db: Db,
     pub vault: Vault,
     pub guard: Arc<Guard>,
+    /// Ingest jobs being processed in this process (inline at an upload's close, or by the
+    /// background run): the background run leaves them alone.
+    pub ingest_in_flight: std::sync::Mutex<std::collections::HashSet<i64>>,
 }
 
 /// An authenticated user as the SFTP layer sees it.

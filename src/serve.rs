@@ -28,6 +28,7 @@ pub async fn open_gateway(config: Config) -> anyhow::Result<(Arc<Gateway>, keys:
             db,
             vault,
             guard,
+            ingest_in_flight: Default::default(),
         }),
         keys,
     ))

@@ -355,7 +355,8 @@ pub trait Database: Send + Sync {
     ) -> anyhow::Result<(usize, Vec<String>)>;
 
     async fn ingest_job(&self, job_id: i64) -> anyhow::Result<Option<IngestJob>>;
-    async fn pending_ingest_jobs(&self) -> anyhow::Result<Vec<i64>>;
+    /// Pending jobs created before `before` (younger ones are still being processed at close).
+    async fn pending_ingest_jobs(&self, before: &str) -> anyhow::Result<Vec<i64>>;
     /// The earlier file (`name at time`) with the same bytes, kind and sender that was applied.
     async fn applied_duplicate(&self, job: &IngestJob) -> anyhow::Result<Option<String>>;
     /// Applies a parsed file, stores its receipt and marks the job done, in one transaction.

@@ -717,12 +717,13 @@ impl Database for SqliteDb {
         super::sqlite_ingest::ingest_job(self, job_id).await
     }
 
-    async fn pending_ingest_jobs(&self) -> anyhow::Result<Vec<i64>> {
-        Ok(
-            sqlx::query_scalar("SELECT id FROM ingest_jobs WHERE state = 'pending' ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?,
+    async fn pending_ingest_jobs(&self, before: &str) -> anyhow::Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM ingest_jobs WHERE state = 'pending' AND created_at < $1 ORDER BY id",
         )
+        .bind(before)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn applied_duplicate(&self, job: &IngestJob) -> anyhow::Result<Option<String>> {

@@ -97,9 +97,33 @@ fn received_date(job: &IngestJob) -> NaiveDate {
         .unwrap_or_else(|_| chrono::Utc::now().date_naive())
 }
 
+/// Removes a job from the in-flight set when processing ends, however it ends.
+struct InFlight<'a>(&'a Gateway, i64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.0.ingest_in_flight.lock() {
+            set.remove(&self.1);
+        }
+    }
+}
+
 /// Runs one job to its end. Returns the report, or `None` when the job was already done (by an
-/// earlier run or by another process).
+/// earlier run or by another process), or is being processed right now in this process.
 pub async fn process(gw: &Gateway, job_id: i64) -> anyhow::Result<Option<ApplyReport>> {
+    let claimed = gw
+        .ingest_in_flight
+        .lock()
+        .map(|mut set| set.insert(job_id))
+        .unwrap_or(false);
+    if !claimed {
+        return Ok(None);
+    }
+    let _in_flight = InFlight(gw, job_id);
+    run_job(gw, job_id).await
+}
+
+async fn run_job(gw: &Gateway, job_id: i64) -> anyhow::Result<Option<ApplyReport>> {
     let Some(job) = gw.db.ingest_job(job_id).await? else {
         return Ok(None);
     };
@@ -168,7 +192,12 @@ pub async fn run_pending(gw: std::sync::Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let jobs = match gw.db.pending_ingest_jobs().await {
+        // A job younger than this is being processed at its upload's close, which reports an
+        // unreadable file to the client: leave it to that.
+        let before = (chrono::Utc::now() - chrono::Duration::seconds(10))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        let jobs = match gw.db.pending_ingest_jobs(&before).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!("cannot list ingest jobs: {e:#}");
