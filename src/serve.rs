@@ -46,17 +46,42 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
-    tracing::info!("apgate listening on {}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    tracing::info!("apgate listening on {bound}");
 
     tokio::spawn(end_disabled_sessions(gw.clone()));
     tokio::spawn(crate::ingest::run_pending(gw.clone()));
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
     tokio::spawn(crate::retention::run(gw.clone()));
     let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config, listener));
+    // Migrations ran and the listener is bound: tell systemd (Type=notify) we are ready.
+    notify_systemd(&format!("READY=1\nSTATUS=listening on {bound}"));
     shutdown_signal().await;
+    notify_systemd("STOPPING=1");
     tracing::info!("shutting down");
     accept.abort();
     Ok(())
+}
+
+/// Sends a state line to systemd's notification socket when run as a `Type=notify` service.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let socket = UnixDatagram::unbound()?;
+        socket.send_to_addr(state.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!("cannot notify systemd at {path}: {e}");
+    }
 }
 
 async fn shutdown_signal() {

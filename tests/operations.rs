@@ -128,3 +128,55 @@ fn retention_deletes_old_content_and_keeps_the_record() {
     let bad = g.cli(&["retention", "run", "--now", "next tuesday"]);
     assert!(!bad.ok && bad.stderr.contains("--now"), "{}", bad.all());
 }
+
+/// `serve` tells systemd it is ready (Type=notify) once the listener is bound.
+#[test]
+fn serve_notifies_systemd_when_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let g = Gateway::configured("");
+    g.cli_ok(&["init"]);
+    let socket_path = g.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut serve = Command::new(common::BIN)
+        .arg("--config")
+        .arg(&g.config)
+        .arg("serve")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf);
+    let listening = std::net::TcpStream::connect(("127.0.0.1", g.port)).is_ok();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let message =
+        String::from_utf8_lossy(&buf[..n.expect("a notification within 30 s")]).into_owned();
+    assert!(message.starts_with("READY=1"), "{message}");
+    assert!(listening, "ready means listening");
+}
+
+/// The unit's sandboxing, as systemd rates it (exposure 2.0 or lower), where systemd is present.
+#[test]
+fn systemd_unit_exposure_is_low() {
+    let unit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/apgate.service");
+    let Ok(out) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output()
+    else {
+        eprintln!("systemd-analyze is not installed here: exposure not checked");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| l.split("exposure level for apgate.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
+    assert!(score <= 2.0, "exposure {score}:\n{text}");
+}
