@@ -149,6 +149,9 @@ enum RetentionCommand {
 enum KeysCommand {
     /// Adds a new age identity for new files; old identities are kept for reading.
     Rotate,
+    /// Re-encrypts stored files to the current identity and escrow recipients (resumable), so an
+    /// old identity can be retired.
+    Reencrypt,
 }
 
 fn init_logging(config: Option<&Config>) {
@@ -288,6 +291,13 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
                         apgate::reports::names(org.kind).join(", ")
                     )
                 })
+        }
+        Command::Keys(KeysCommand::Reencrypt) => {
+            let (gw, _keys) = serve::open_gateway(config).await?;
+            let n = apgate::vault::reencrypt_all(&gw).await?;
+            Ok(format!(
+                "{n} stored file(s) re-encrypted to the current identity and escrow recipients"
+            ))
         }
         command => {
             let db = db::open(&config.database.url).await?;

@@ -381,3 +381,68 @@ fn invalid_config_fails_at_start_naming_the_key() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("database.url"));
 }
+
+/// After `keys rotate` and `keys reencrypt`, the old identity can be retired: the new identity
+/// alone (and the escrow identity) decrypt every stored file, with the real age CLI and through
+/// the gateway. A second run has nothing left to do.
+#[test]
+fn reencrypt_lets_an_old_identity_be_retired() {
+    let tmp = tempfile::tempdir().unwrap();
+    let escrow_key = tmp.path().join("escrow.txt");
+    assert!(
+        Command::new("age-keygen")
+            .arg("-o")
+            .arg(&escrow_key)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let recipient = std::fs::read_to_string(&escrow_key)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(String::from))
+        .unwrap();
+    let mut g = Gateway::start_with(&format!("escrow_recipients: [\"{recipient}\"]"));
+    let content = noise(700_000, 12);
+    let f = g.file("plan.pdf", &content);
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/plan.pdf\n", f.display()),
+    );
+    g.cli_ok(&["keys", "rotate"]);
+    let out = g.cli_ok(&["keys", "reencrypt"]);
+    assert!(out.contains("1 stored file(s) re-encrypted"), "{out}");
+    assert!(
+        g.cli_ok(&["keys", "reencrypt"])
+            .contains("0 stored file(s)"),
+        "resumable: nothing left"
+    );
+
+    // Retire the old identity: keep only the newest in the identities file.
+    let ids_path = g.path("keys/age-identities.txt");
+    let ids = std::fs::read_to_string(&ids_path).unwrap();
+    let newest = ids
+        .lines()
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .last()
+        .unwrap()
+        .to_string();
+    std::fs::write(&ids_path, format!("{newest}\n")).unwrap();
+    let blob = &g.stored_blobs()[0];
+    assert_eq!(age_decrypt(&ids_path, blob), content);
+    assert_eq!(age_decrypt(&escrow_key, blob), content);
+    g.stop_server();
+    g.start_server();
+    let back = g.path("back.pdf");
+    g.sftp_ok(
+        "cap-user",
+        &format!("get /inbox/school-a/plan.pdf {}\n", back.display()),
+    );
+    assert_eq!(std::fs::read(back).unwrap(), content);
+    assert!(
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'keys reencrypt'")
+            .trim()
+            == "1"
+    );
+}

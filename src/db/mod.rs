@@ -380,6 +380,15 @@ pub trait Database: Send + Sync {
     async fn withdrawals(&self, org_id: Option<i64>) -> anyhow::Result<Vec<WithdrawalRecord>>;
     async fn activity(&self) -> anyhow::Result<Vec<ActivityRecord>>;
 
+    /// Stored blobs (of uploads not expired) not yet re-encrypted to the recipient set `recipients`.
+    async fn blobs_to_reencrypt(&self, recipients: &str) -> anyhow::Result<Vec<String>>;
+    async fn mark_reencrypted(
+        &self,
+        blob: &str,
+        recipients: &str,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<()>;
+
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.
     async fn audit_records(&self) -> anyhow::Result<(Vec<AuditRecord>, Option<(i64, String)>)>;

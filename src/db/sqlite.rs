@@ -798,6 +798,37 @@ impl Database for SqliteDb {
         Ok((due.len(), blobs))
     }
 
+    async fn blobs_to_reencrypt(&self, recipients: &str) -> anyhow::Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT u.blob FROM uploads u WHERE u.expired_at IS NULL
+               AND NOT EXISTS (SELECT 1 FROM reencrypted r WHERE r.blob = u.blob AND r.recipients = $1)
+             ORDER BY u.blob",
+        )
+        .bind(recipients)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    async fn mark_reencrypted(
+        &self,
+        blob: &str,
+        recipients: &str,
+        audit: &AuditEntry,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO reencrypted (blob, recipients, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(blob)
+        .bind(recipients)
+        .bind(now_text())
+        .execute(&mut *tx)
+        .await?;
+        append_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()> {
         let mut tx = self.begin().await?;
         append_audit(&mut tx, entry).await?;

@@ -165,6 +165,46 @@ impl Vault {
         }
     }
 
+    /// Names the current recipient set (gateway identity and escrow) for re-encryption progress.
+    pub fn recipients_id(&self) -> String {
+        let mut names: Vec<String> = self.recipients.iter().map(|r| r.to_string()).collect();
+        names.sort();
+        hex::encode(&Sha256::digest(names.join("\n").as_bytes())[..12])
+    }
+
+    /// Re-encrypts a stored file to the current recipients, streaming, and replaces it atomically
+    /// (a reader that has the old file open keeps reading it). Blocking: run it off the runtime.
+    pub fn reencrypt(&self, blob: &str) -> io::Result<()> {
+        let mut reader = self.open_blob(blob)?;
+        let tmp = self.spool.join(format!("{blob}.reencrypt.tmp"));
+        let result = (|| -> io::Result<()> {
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            let encryptor = age::Encryptor::with_recipients(
+                self.recipients.iter().map(|r| r as &dyn age::Recipient),
+            )
+            .map_err(|e| io::Error::other(format!("age: {e}")))?;
+            let mut out = encryptor.wrap_output(io::BufWriter::with_capacity(IO_BUFFER, file))?;
+            io::copy(&mut reader, &mut out)?;
+            let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            let dest = self.blob_path(blob);
+            fs::rename(&tmp, &dest)?;
+            if let Some(dir) = dest.parent() {
+                fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
     /// Opens a stored file for reading at any offset.
     pub fn open_blob(&self, blob: &str) -> io::Result<BlobReader> {
         let file = fs::File::open(self.blob_path(blob))?;
@@ -466,6 +506,34 @@ impl Drop for ReadAhead {
         self.rx = None;
         self.pool = None;
     }
+}
+
+/// `apgate keys reencrypt`: every stored file not yet re-encrypted to the current recipient set,
+/// one at a time; each one is recorded (and audited) as soon as it is done, so a stopped run
+/// continues where it was.
+pub async fn reencrypt_all(gw: &std::sync::Arc<crate::gateway::Gateway>) -> anyhow::Result<usize> {
+    let set = gw.vault.recipients_id();
+    let blobs = gw.db.blobs_to_reencrypt(&set).await?;
+    let mut done = 0;
+    for blob in blobs {
+        let worker = gw.clone();
+        let name = blob.clone();
+        match tokio::task::spawn_blocking(move || worker.vault.reencrypt(&name)).await? {
+            Ok(()) => {
+                let audit = crate::audit::AuditEntry::admin(
+                    "keys reencrypt",
+                    format!("blob {blob} to recipient set {set}"),
+                );
+                gw.db.mark_reencrypted(&blob, &set, &audit).await?;
+                done += 1;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                tracing::warn!(blob, "stored file missing; skipped");
+            }
+            Err(e) => return Err(anyhow::anyhow!("cannot re-encrypt {blob}: {e}")),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]
