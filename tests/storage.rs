@@ -424,8 +424,7 @@ fn reencrypt_lets_an_old_identity_be_retired() {
     let ids = std::fs::read_to_string(&ids_path).unwrap();
     let newest = ids
         .lines()
-        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
-        .last()
+        .rfind(|l| l.starts_with("AGE-SECRET-KEY-"))
         .unwrap()
         .to_string();
     std::fs::write(&ids_path, format!("{newest}\n")).unwrap();
