@@ -248,8 +248,12 @@ impl Config {
 
     /// Reads, overrides from the environment, resolves relative paths and validates.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read config file {} (start from config/apgate.example.yaml, or try `apgate demo`)",
+                path.display()
+            )
+        })?;
         let base = path
             .parent()
             .map(Path::to_path_buf)
