@@ -10,13 +10,43 @@ use crate::sftp::guard::Guard;
 use crate::vault::Vault;
 
 pub struct Gateway {
-    pub config: Config,
+    /// Replaced as a whole on reload (SIGHUP); readers take the current one.
+    config: std::sync::RwLock<Arc<Config>>,
     pub db: Db,
     pub vault: Vault,
     pub guard: Arc<Guard>,
     /// Ingest jobs being processed in this process (inline at an upload's close, or by the
     /// background run): the background run leaves them alone.
     pub ingest_in_flight: std::sync::Mutex<std::collections::HashSet<i64>>,
+}
+
+impl Gateway {
+    pub fn new(config: Config, db: Db, vault: Vault, guard: Arc<Guard>) -> Gateway {
+        Gateway {
+            config: std::sync::RwLock::new(Arc::new(config)),
+            db,
+            vault,
+            guard,
+            ingest_in_flight: Default::default(),
+        }
+    }
+
+    /// The configuration in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .map(|c| c.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Puts a reloaded configuration in force (limits and banner apply to new connections).
+    pub fn set_config(&self, config: Config) {
+        self.guard.set_limits(config.limits.clone());
+        match self.config.write() {
+            Ok(mut c) => *c = Arc::new(config),
+            Err(p) => *p.into_inner() = Arc::new(config),
+        }
+    }
 }
 
 /// An authenticated user as the SFTP layer sees it.

@@ -200,7 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             demo::instructions(&dir, &config, &users)
         );
         let _ = std::io::stdout().flush();
-        serve::serve(config).await?;
+        serve::serve(config, None).await?;
         return Ok(String::new());
     }
     if let Command::CheckConfig = cli.command {
@@ -212,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
     match cli.command {
         Command::Demo { .. } | Command::CheckConfig => unreachable!("handled above"),
         Command::Serve => {
-            serve::serve(config).await?;
+            serve::serve(config, Some(config_path.clone())).await?;
             Ok(String::new())
         }
         Command::Init => {

@@ -22,19 +22,11 @@ pub async fn open_gateway(config: Config) -> anyhow::Result<(Arc<Gateway>, keys:
     let db = db::open(&config.database.url).await?;
     let vault = Vault::open(&config.data_dir, &keys, &config.escrow_recipients)?;
     let guard = Guard::new(config.limits.clone());
-    Ok((
-        Arc::new(Gateway {
-            config,
-            db,
-            vault,
-            guard,
-            ingest_in_flight: Default::default(),
-        }),
-        keys,
-    ))
+    Ok((Arc::new(Gateway::new(config, db, vault, guard)), keys))
 }
 
-pub async fn serve(config: Config) -> anyhow::Result<()> {
+/// Runs the gateway; `config_path` is read again on SIGHUP.
+pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let listen = config.listen;
     let (gw, keys) = open_gateway(config).await?;
     let cleaned = gw.vault.clean_spool()?;
@@ -42,7 +34,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::info!("removed {cleaned} uncommitted upload(s) left in the spool");
     }
     remove_orphan_blobs(&gw).await?;
-    let russh_config = Arc::new(ssh::russh_config(&gw, &keys));
+    let russh_config = Arc::new(std::sync::RwLock::new(Arc::new(ssh::russh_config(
+        &gw, &keys,
+    ))));
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -53,7 +47,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::ingest::run_pending(gw.clone()));
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
     tokio::spawn(crate::retention::run(gw.clone()));
-    let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config, listener));
+    let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config.clone(), listener));
+    if let Some(path) = config_path {
+        tokio::spawn(reload_on_hangup(gw.clone(), keys, russh_config, path));
+    }
     // Migrations ran and the listener is bound: tell systemd (Type=notify) we are ready.
     notify_systemd(&format!("READY=1\nSTATUS=listening on {bound}"));
     shutdown_signal().await;
@@ -81,6 +78,62 @@ fn notify_systemd(state: &str) {
     });
     if let Err(e) = sent {
         tracing::warn!("cannot notify systemd at {path}: {e}");
+    }
+}
+
+/// SIGHUP: reads the config file again. A broken file keeps the running configuration; keys that
+/// only take effect at start are reported.
+async fn reload_on_hangup(
+    gw: Arc<Gateway>,
+    keys: keys::Keys,
+    russh_config: Arc<std::sync::RwLock<Arc<russh::server::Config>>>,
+    path: std::path::PathBuf,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload needs a restart");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        notify_systemd("RELOADING=1");
+        match Config::load(&path) {
+            Ok(new) => {
+                let old = gw.config();
+                let fixed: Vec<&str> = [
+                    ("listen", old.listen != new.listen),
+                    ("data_dir", old.data_dir != new.data_dir),
+                    ("keys_dir", old.keys_dir != new.keys_dir),
+                    ("database.url", old.database.url != new.database.url),
+                    (
+                        "drop_dirs",
+                        format!("{:?}", old.drop_dirs) != format!("{:?}", new.drop_dirs),
+                    ),
+                    (
+                        "escrow_recipients",
+                        old.escrow_recipients != new.escrow_recipients,
+                    ),
+                ]
+                .into_iter()
+                .filter_map(|(k, changed)| changed.then_some(k))
+                .collect();
+                gw.set_config(new);
+                let rebuilt = Arc::new(ssh::russh_config(&gw, &keys));
+                if let Ok(mut c) = russh_config.write() {
+                    *c = rebuilt;
+                }
+                if fixed.is_empty() {
+                    tracing::info!("configuration reloaded from {}", path.display());
+                } else {
+                    tracing::warn!(
+                        "configuration reloaded from {}; changes to {} take effect at the next restart",
+                        path.display(),
+                        fixed.join(", ")
+                    );
+                }
+            }
+            Err(e) => tracing::error!("reload failed, keeping the current configuration: {e:#}"),
+        }
+        notify_systemd("READY=1");
     }
 }
 
@@ -128,7 +181,7 @@ async fn end_disabled_sessions(gw: Arc<Gateway>) {
 
 async fn remove_orphan_blobs(gw: &Gateway) -> anyhow::Result<()> {
     let known: std::collections::HashSet<String> = gw.db.blob_names().await?.into_iter().collect();
-    let store = gw.config.store_dir();
+    let store = gw.config().store_dir();
     let Ok(shards) = std::fs::read_dir(&store) else {
         return Ok(());
     };

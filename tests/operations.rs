@@ -180,3 +180,91 @@ fn systemd_unit_exposure_is_low() {
         .unwrap_or_else(|| panic!("no exposure level in:\n{text}"));
     assert!(score <= 2.0, "exposure {score}:\n{text}");
 }
+
+/// SIGHUP reloads the config: new connections get the new banner while a live session goes on;
+/// a broken file is refused and the running configuration kept.
+#[test]
+fn sighup_reloads_banner_without_dropping_sessions() {
+    use std::io::Write;
+    use std::time::Duration;
+    let g = Gateway::start_with("banner: \"first banner\"");
+    let banner_of_new_connection = || {
+        let out = Command::new("sftp")
+            .args([
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                g.path("known_hosts").display()
+            ))
+            .arg("-P")
+            .arg(g.port.to_string())
+            .arg("-i")
+            .arg(g.key_path("school-b-user"))
+            .args(["-b", "/dev/null", "school-b-user@127.0.0.1"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(banner_of_new_connection().contains("first banner"));
+    let mut live = g
+        .sftp_command("school-a-user", &[])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    live.stdin.as_mut().unwrap().write_all(b"pwd\n").unwrap();
+    common::wait_until("the live session", Duration::from_secs(10), || {
+        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
+            .trim()
+            == "1"
+    });
+
+    let text = std::fs::read_to_string(&g.config)
+        .unwrap()
+        .replace("first banner", "second banner");
+    std::fs::write(&g.config, text).unwrap();
+    let pid = g.server_pid().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    common::wait_until("the reload", Duration::from_secs(10), || {
+        g.log().contains("configuration reloaded")
+    });
+    assert!(banner_of_new_connection().contains("second banner"));
+
+    // A broken file: refused, the running configuration stays.
+    std::fs::write(&g.config, "limits: { sessions_per_user: lots }\n").unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    common::wait_until("the refused reload", Duration::from_secs(10), || {
+        g.log()
+            .contains("reload failed, keeping the current configuration")
+    });
+    assert!(g.log().contains("limits.sessions_per_user"));
+    assert!(banner_of_new_connection().contains("second banner"));
+
+    // The session opened before the reloads still works.
+    let mut stdin = live.stdin.take().unwrap();
+    stdin.write_all(b"ls /\n").unwrap();
+    drop(stdin);
+    let out = live.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("inbox"));
+}

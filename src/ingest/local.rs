@@ -63,7 +63,7 @@ pub async fn ingest_file(
         }
         total += n as u64;
         anyhow::ensure!(
-            total <= gw.config.limits.max_file_size,
+            total <= gw.config().limits.max_file_size,
             "{} is larger than limits.max_file_size",
             path.display()
         );

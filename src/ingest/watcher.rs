@@ -74,7 +74,7 @@ fn scan(dir: &Path) -> Vec<PathBuf> {
 
 /// Watches every configured drop folder until the process ends.
 pub async fn run(gw: Arc<Gateway>) {
-    let dirs = gw.config.drop_dirs.clone();
+    let dirs = gw.config().drop_dirs.clone();
     if dirs.is_empty() {
         return;
     }

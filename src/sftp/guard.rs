@@ -37,7 +37,7 @@ struct State {
 }
 
 pub struct Guard {
-    limits: Limits,
+    limits: Mutex<Limits>,
     state: Mutex<State>,
 }
 
@@ -65,9 +65,24 @@ impl Drop for SessionTicket {
 impl Guard {
     pub fn new(limits: Limits) -> Arc<Guard> {
         Arc::new(Guard {
-            limits,
+            limits: Mutex::new(limits),
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// The limits in force (replaced on reload).
+    fn limits(&self) -> Limits {
+        self.limits
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn set_limits(&self, limits: Limits) {
+        match self.limits.lock() {
+            Ok(mut l) => *l = limits,
+            Err(p) => *p.into_inner() = limits,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -76,7 +91,7 @@ impl Guard {
     }
 
     fn ban_time(&self) -> Duration {
-        Duration::from_secs(self.limits.ban_seconds)
+        Duration::from_secs(self.limits().ban_seconds)
     }
 
     /// Admits a new TCP connection from `ip`, or refuses it (banned, or arriving too fast).
@@ -86,7 +101,7 @@ impl Guard {
         if s.banned_addr.get(&ip).is_some_and(|until| *until > now) {
             return false;
         }
-        let rate = f64::from(self.limits.connections_per_second);
+        let rate = f64::from(self.limits().connections_per_second);
         let b = s.buckets.entry(ip).or_insert(Bucket {
             tokens: rate * 2.0,
             at: now,
@@ -112,7 +127,7 @@ impl Guard {
     pub fn record_failure(&self, ip: IpAddr, user: &str) -> bool {
         let now = Instant::now();
         let window = self.ban_time();
-        let limit = self.limits.ban_after_failures;
+        let limit = self.limits().ban_after_failures;
         let mut s = self.lock();
         let bump = |f: &mut Failures| {
             if f.first.is_none_or(|t| now.duration_since(t) > window) {
@@ -145,7 +160,7 @@ impl Guard {
     pub fn open_session(self: &Arc<Self>, user_id: i64) -> Option<SessionTicket> {
         let mut s = self.lock();
         let live = s.sessions.values().filter(|x| x.user_id == user_id).count();
-        if live >= self.limits.sessions_per_user as usize {
+        if live >= self.limits().sessions_per_user as usize {
             return None;
         }
         s.next_session += 1;

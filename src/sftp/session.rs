@@ -293,7 +293,7 @@ impl SftpSession {
                 "links are not supported on this gateway".into(),
             )),
             Request::Extended { id, name } if &name[..] == p::LIMITS_EXTENSION.as_bytes() => Ok(
-                p::limits_reply(id, u64::from(self.gw.config.limits.handles_per_session)),
+                p::limits_reply(id, u64::from(self.gw.config().limits.handles_per_session)),
             ),
             Request::Extended { name, .. } => Err(FsError::Unsupported(format!(
                 "extension {} is not supported",
@@ -312,7 +312,7 @@ impl SftpSession {
     }
 
     fn add_handle(&mut self, h: OpenHandle) -> FsResult<String> {
-        if self.handles.len() >= self.gw.config.limits.handles_per_session as usize {
+        if self.handles.len() >= self.gw.config().limits.handles_per_session as usize {
             return Err(FsError::Failure(
                 "too many open files in this session; close some first".into(),
             ));
@@ -820,7 +820,7 @@ impl SftpSession {
         let staged: u64 = self.staged.values().map(|s| s.sealed.size).sum();
         Ok(self
             .gw
-            .config
+            .config()
             .limits
             .quota_per_org
             .saturating_sub(used + staged))
@@ -878,7 +878,7 @@ impl SftpSession {
     }
 
     async fn write(&mut self, handle: &[u8], offset: u64, data: Bytes) -> FsResult<()> {
-        let max = self.gw.config.limits.max_file_size;
+        let max = self.gw.config().limits.max_file_size;
         let OpenHandle::Write(up) = self.handle_mut(handle)? else {
             return Err(FsError::Failure("not a handle open for writing".into()));
         };

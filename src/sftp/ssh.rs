@@ -35,8 +35,9 @@ const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aG3Qb7BfEvvZ5CTP2zFi0PZx+nO/5W5m8Qq1Xk3Zl4";
 
 pub fn russh_config(gw: &Gateway, keys: &Keys) -> russh::server::Config {
-    let limits = &gw.config.limits;
-    let ssh = &gw.config.ssh;
+    let config = gw.config();
+    let limits = &config.limits;
+    let ssh = &config.ssh;
     let mut kex = vec![russh::kex::MLKEM768X25519_SHA256];
     if !ssh.pq_only {
         kex.extend([russh::kex::CURVE25519, russh::kex::CURVE25519_PRE_RFC_8731]);
@@ -100,7 +101,7 @@ pub fn russh_config(gw: &Gateway, keys: &Keys) -> russh::server::Config {
 /// Accepts connections until the listener fails; each connection runs in its own task.
 pub async fn accept_loop(
     gw: Arc<Gateway>,
-    config: Arc<russh::server::Config>,
+    config: Arc<std::sync::RwLock<Arc<russh::server::Config>>>,
     listener: TcpListener,
 ) -> anyhow::Result<()> {
     loop {
@@ -120,7 +121,11 @@ pub async fn accept_loop(
         }
         let _ = socket.set_nodelay(true);
         let gw = gw.clone();
-        let config = config.clone();
+        // The configuration in force when the connection arrives (reloads apply to new ones).
+        let config = match config.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
         tokio::spawn(async move {
             let handler = Connection::new(gw, peer);
             match russh::server::run_stream(config, socket, handler).await {
@@ -214,7 +219,7 @@ impl Connection {
     }
 
     fn methods_left(&self) -> Option<MethodSet> {
-        (self.failures < self.gw.config.limits.auth_attempts)
+        (self.failures < self.gw.config().limits.auth_attempts)
             .then(|| MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]))
     }
 
@@ -331,7 +336,7 @@ impl russh::server::Handler for Connection {
     type Error = anyhow::Error;
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
-        let banner = &self.gw.config.banner;
+        let banner = self.gw.config().banner.clone();
         Ok((!banner.is_empty()).then(|| format!("{banner}\r\n")))
     }
 

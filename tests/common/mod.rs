@@ -149,6 +149,11 @@ impl Gateway {
         }
     }
 
+    /// The process id of the running `serve` (to signal it).
+    pub fn server_pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop_server(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
