@@ -428,6 +428,19 @@ async fn apply_register(
     Ok(())
 }
 
+/// A learner's id and home school, by UPN.
+async fn learner_by_upn(
+    conn: &mut SqliteConnection,
+    upn: &str,
+) -> anyhow::Result<Option<(i64, Option<i64>)>> {
+    Ok(
+        sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
+            .bind(upn)
+            .fetch_optional(&mut *conn)
+            .await?,
+    )
+}
+
 async fn apply_absences(
     conn: &mut SqliteConnection,
     job: &IngestJob,
@@ -436,11 +449,7 @@ async fn apply_absences(
 ) -> anyhow::Result<()> {
     let now = now_text();
     for (row, d) in accepted(rows, report) {
-        let learner: Option<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
-                .bind(&d.upn)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let learner = learner_by_upn(conn, &d.upn).await?;
         let Some((learner_id, Some(school))) = learner.filter(|(_, s)| *s == Some(job.org.id))
         else {
             report.reject(
@@ -507,11 +516,7 @@ async fn apply_roster(
 ) -> anyhow::Result<()> {
     let now = now_text();
     for (row, r) in accepted(rows, report) {
-        let existing: Option<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT id, school_org_id FROM learners WHERE upn = $1")
-                .bind(&r.upn)
-                .fetch_optional(&mut *conn)
-                .await?;
+        let existing = learner_by_upn(conn, &r.upn).await?;
         if let Some((_, Some(school))) = existing
             && school != job.org.id
         {
