@@ -158,19 +158,7 @@ fn only_the_sftp_subsystem_exists() {
     let g = Gateway::start();
     let ssh = |extra: &[&str]| {
         Command::new("ssh")
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                g.path("known_hosts").display()
-            ))
+            .args(g.ssh_options())
             .arg("-p")
             .arg(g.port.to_string())
             .arg("-i")

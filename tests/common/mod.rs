@@ -233,7 +233,8 @@ impl Gateway {
         self.path("clients").join(username)
     }
 
-    fn ssh_options(&self) -> Vec<String> {
+    /// The client options every test connection uses (batch mode, this gateway's known_hosts).
+    pub fn ssh_options(&self) -> Vec<String> {
         [
             "-o",
             "BatchMode=yes",
