@@ -44,8 +44,13 @@ pub struct MailConfig {
     pub dir: PathBuf,
     pub smtp: SmtpConfig,
     pub from: String,
-    pub dsl_escalate_minutes: u32,
+    /// Minutes (fractions allowed) after which an undownloaded `dsl` transfer is escalated.
+    pub dsl_escalate_minutes: f64,
     pub max_attempts: u32,
+    /// Seconds during which transfer messages to one recipient and role are gathered into one.
+    pub group_seconds: u64,
+    /// Seconds before the first retry of a failed message; doubles with each attempt.
+    pub retry_seconds: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -158,8 +163,10 @@ impl Default for MailConfig {
             dir: PathBuf::from("./data/mail"),
             smtp: SmtpConfig::default(),
             from: "AP Gateway <gateway@example.org>".into(),
-            dsl_escalate_minutes: 60,
+            dsl_escalate_minutes: 60.0,
             max_attempts: 8,
+            group_seconds: 60,
+            retry_seconds: 30,
         }
     }
 }
@@ -359,11 +366,20 @@ impl Config {
         if self.banner.len() > 2000 {
             bail!("key `banner`: at most 2000 characters");
         }
-        if !self.mail.from.contains('@') {
+        if let Err(e) = self.mail.from.parse::<lettre::message::Mailbox>() {
             bail!(
-                "key `mail.from`: `{}` is not an email address",
+                "key `mail.from`: `{}` is not an email address ({e})",
                 self.mail.from
             );
+        }
+        if !(self.mail.dsl_escalate_minutes.is_finite() && self.mail.dsl_escalate_minutes > 0.0) {
+            bail!("key `mail.dsl_escalate_minutes`: must be a number of minutes above 0");
+        }
+        if self.mail.max_attempts == 0 {
+            bail!("key `mail.max_attempts`: must be at least 1");
+        }
+        if self.mail.transport == MailTransport::Smtp && self.mail.smtp.host.is_empty() {
+            bail!("key `mail.smtp.host`: required when `mail.transport` is smtp");
         }
         Ok(())
     }

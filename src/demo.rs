@@ -123,6 +123,7 @@ pub async fn prepare(dir: &Path, port: u16) -> anyhow::Result<(Config, Vec<DemoU
                 roles: roles.to_vec(),
                 key_files: vec![&pub_file],
                 password: None,
+                email: None,
             },
         )
         .await?;
@@ -156,6 +157,11 @@ pub fn instructions(dir: &Path, config: &Config, users: &[DemoUser]) -> String {
     out.push_str(
         "Try: as school-user, `put somefile /outbox/coordinator/`; then as cap-staff, `ls /inbox/demo-school`.\n\
          A school sending to another school is refused: `put somefile /outbox/demo-provider/coordinator/`.\n",
+    );
+    let _ = writeln!(
+        out,
+        "Email alerts are written as .eml files to {} (a DSL file at once, others after a minute).",
+        config.mail.dir.display()
     );
     out
 }

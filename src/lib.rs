@@ -17,6 +17,7 @@ pub mod demo;
 pub mod domain;
 pub mod gateway;
 pub mod ingest;
+pub mod mail;
 pub mod reports;
 pub mod retention;
 pub mod serve;

@@ -118,6 +118,9 @@ enum UserCommand {
         /// Read a password from the first line of standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// The user's own address: messages for their roles also go there.
+        #[arg(long)]
+        email: Option<String>,
     },
     List,
     Disable {
@@ -336,6 +339,7 @@ async fn admin_command(db: &db::Db, command: Command) -> anyhow::Result<String> 
             roles,
             key_files,
             password_stdin,
+            email,
         }) => {
             let roles = roles
                 .iter()
@@ -352,6 +356,7 @@ async fn admin_command(db: &db::Db, command: Command) -> anyhow::Result<String> 
                     .map(PathBuf::as_path)
                     .collect::<Vec<&Path>>(),
                 password,
+                email,
             };
             admin::user_add(db, spec).await
         }

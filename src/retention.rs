@@ -13,7 +13,7 @@ use crate::gateway::Gateway;
 /// expired in this pass.
 pub async fn run_once(gw: &Gateway, now: DateTime<Utc>) -> anyhow::Result<usize> {
     let cutoff = now - chrono::Duration::days(i64::from(gw.config().retention_days));
-    let before = cutoff.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    let before = crate::db::time_text(cutoff);
     let audit = AuditEntry::new("expire", "ok").by("retention", "", "local");
     // The database first: a crash before the files are gone leaves them to the next pass,
     // never a listed file without its content.

@@ -47,6 +47,7 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> a
     tokio::spawn(crate::ingest::run_pending(gw.clone()));
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
     tokio::spawn(crate::retention::run(gw.clone()));
+    tokio::spawn(crate::mail::sender::run(gw.clone()));
     let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config.clone(), listener));
     if let Some(path) = config_path {
         tokio::spawn(reload_on_hangup(gw.clone(), keys, russh_config, path));

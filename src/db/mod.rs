@@ -3,6 +3,7 @@
 
 mod sqlite;
 mod sqlite_ingest;
+mod sqlite_mail;
 mod sqlite_reports;
 
 use std::sync::Arc;
@@ -43,9 +44,12 @@ pub fn redact_url(url: &str) -> String {
 
 /// Current time as stored: RFC 3339 UTC with milliseconds, which sorts as text.
 pub fn now_text() -> String {
-    chrono::Utc::now()
-        .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-        .to_string()
+    time_text(chrono::Utc::now())
+}
+
+/// A time as stored (see [`now_text`]).
+pub fn time_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +85,7 @@ pub struct User {
     pub disabled: bool,
     pub has_password: bool,
     pub keys: usize,
+    pub email: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +96,7 @@ pub struct NewUser {
     pub password_hash: Option<String>,
     /// (OpenSSH public key line, fingerprint)
     pub keys: Vec<(String, String)>,
+    pub email: Option<String>,
 }
 
 /// Everything a login decision needs about one user.
@@ -177,6 +183,7 @@ pub struct IngestJob {
     pub org: Org,
     /// The sending user's name, or `cli` / `drop` for files without a user.
     pub sender_label: String,
+    pub sender_user_id: Option<i64>,
     pub file_name: String,
     pub blob: String,
     pub size: u64,
@@ -286,6 +293,36 @@ pub enum ChangeOutcome {
     NameTaken,
 }
 
+/// A message claimed for sending (see [`crate::mail`]).
+#[derive(Debug, Clone)]
+pub struct MailRow {
+    pub id: i64,
+    pub kind: String,
+    pub to_org_id: i64,
+    pub to_role: Role,
+    pub to_user_id: Option<i64>,
+    /// Count per organisation the message is about.
+    pub about: std::collections::BTreeMap<i64, i64>,
+    /// Attempts so far, this one included.
+    pub attempts: u32,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum MailOutcome<'a> {
+    Sent,
+    Retry { error: &'a str, at: &'a str },
+    Dead { error: &'a str },
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MailCounts {
+    /// Pending or being sent.
+    pub waiting: i64,
+    pub sent: i64,
+    pub dead: i64,
+}
+
 #[async_trait]
 pub trait Database: Send + Sync {
     async fn add_org(&self, org: &NewOrg, audit: &AuditEntry) -> anyhow::Result<Org>;
@@ -388,6 +425,23 @@ pub trait Database: Send + Sync {
         recipients: &str,
         audit: &AuditEntry,
     ) -> anyhow::Result<()>;
+
+    /// Writes a notice for every `dsl` delivery received before `received_before` and still not
+    /// downloaded (once per delivery); returns how many.
+    async fn escalate_dsl(&self, received_before: &str) -> anyhow::Result<usize>;
+    /// Claims up to `limit` due messages until `lease_until`; a grouped message is due once it
+    /// was created before `grouped_before`. A claim that runs out is taken again.
+    async fn claim_mail(
+        &self,
+        grouped_before: &str,
+        lease_until: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MailRow>>;
+    /// The addresses of a message: the organisation's contact for the role, its users with that
+    /// role and an address, and the uploader for a receipt.
+    async fn mail_recipients(&self, row: &MailRow) -> anyhow::Result<Vec<String>>;
+    async fn mail_done(&self, id: i64, outcome: &MailOutcome<'_>) -> anyhow::Result<()>;
+    async fn mail_counts(&self) -> anyhow::Result<MailCounts>;
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.

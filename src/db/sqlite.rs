@@ -270,13 +270,14 @@ impl Database for SqliteDb {
         );
         let now = now_text();
         let id: i64 = sqlx::query_scalar(
-            "INSERT INTO users (org_id, username, roles, password_hash, created_at)
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            "INSERT INTO users (org_id, username, roles, password_hash, email, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(org_id)
         .bind(&user.username)
         .bind(format_roles(&user.roles))
         .bind(&user.password_hash)
+        .bind(&user.email)
         .bind(&now)
         .fetch_one(&mut *tx)
         .await?;
@@ -300,7 +301,7 @@ impl Database for SqliteDb {
     async fn users(&self) -> anyhow::Result<Vec<User>> {
         let rows = sqlx::query(
             "SELECT u.id, o.slug, u.username, u.roles, u.disabled, u.password_hash IS NOT NULL AS has_pw,
-                    (SELECT COUNT(*) FROM user_keys k WHERE k.user_id = u.id) AS nkeys
+                    u.email, (SELECT COUNT(*) FROM user_keys k WHERE k.user_id = u.id) AS nkeys
              FROM users u JOIN orgs o ON o.id = u.org_id ORDER BY o.slug, u.username",
         )
         .fetch_all(&self.pool)
@@ -315,6 +316,7 @@ impl Database for SqliteDb {
                     disabled: r.try_get::<i64, _>("disabled")? != 0,
                     has_password: r.try_get::<i64, _>("has_pw")? != 0,
                     keys: r.try_get::<i64, _>("nkeys")? as usize,
+                    email: r.try_get("email")?,
                 })
             })
             .collect()
@@ -452,20 +454,13 @@ impl Database for SqliteDb {
             .await?;
             inbox_names.push(inbox_name);
         }
-        let payload = serde_json::json!({
-            "sender_org_id": up.sender_org_id,
-            "role": up.recipient_role.as_str(),
-            "recipients": up.recipients.iter().map(|r| r.org_id).collect::<Vec<_>>(),
-            "ingest_kind": up.ingest_kind,
-        });
-        sqlx::query(
-            "INSERT INTO events (kind, upload_id, payload, created_at) VALUES ('transfer_committed', $1, $2, $3)",
-        )
-        .bind(upload_id)
-        .bind(payload.to_string())
-        .bind(&now)
-        .execute(&mut *tx)
-        .await?;
+        let notice = crate::mail::Notice::TransferCommitted {
+            sender_org_id: up.sender_org_id,
+            role: up.recipient_role,
+            recipients: up.recipients.iter().map(|r| r.org_id).collect(),
+            ingest_kind: up.ingest_kind.clone(),
+        };
+        super::sqlite_mail::insert_notice(&mut tx, Some(upload_id), &notice).await?;
         let job_id = match &up.ingest_kind {
             Some(kind) => Some(
                 sqlx::query_scalar(
@@ -834,6 +829,31 @@ impl Database for SqliteDb {
         append_audit(&mut tx, entry).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn escalate_dsl(&self, received_before: &str) -> anyhow::Result<usize> {
+        super::sqlite_mail::escalate_dsl(self, received_before).await
+    }
+
+    async fn claim_mail(
+        &self,
+        grouped_before: &str,
+        lease_until: &str,
+        limit: i64,
+    ) -> anyhow::Result<Vec<MailRow>> {
+        super::sqlite_mail::claim_mail(self, grouped_before, lease_until, limit).await
+    }
+
+    async fn mail_recipients(&self, row: &MailRow) -> anyhow::Result<Vec<String>> {
+        super::sqlite_mail::mail_recipients(self, row).await
+    }
+
+    async fn mail_done(&self, id: i64, outcome: &MailOutcome<'_>) -> anyhow::Result<()> {
+        super::sqlite_mail::mail_done(self, id, outcome).await
+    }
+
+    async fn mail_counts(&self) -> anyhow::Result<MailCounts> {
+        super::sqlite_mail::mail_counts(self).await
     }
 
     async fn audit_records(&self) -> anyhow::Result<(Vec<AuditRecord>, Option<(i64, String)>)> {

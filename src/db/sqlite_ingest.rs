@@ -13,12 +13,15 @@ use crate::ingest::receipt::{ReceiptHeader, receipt_name, render};
 use crate::ingest::register::RegisterRow;
 use crate::ingest::roster::RosterRow;
 use crate::ingest::table::RowResult;
+use crate::mail::Notice;
+
+use super::sqlite_mail::insert_notice;
 
 pub(super) async fn ingest_job(db: &SqliteDb, job_id: i64) -> anyhow::Result<Option<IngestJob>> {
     let row = sqlx::query(&format!(
         "SELECT j.id AS job_id, j.kind AS job_kind, j.state, u.id AS upload_id, u.name AS file_name,
                 u.blob, u.size, u.sha256, u.created_at AS received_at,
-                COALESCE(us.username, 'cli') AS sender_label,
+                COALESCE(us.username, 'cli') AS sender_label, u.sender_user_id,
                 {}
          FROM ingest_jobs j JOIN uploads u ON u.id = j.upload_id
          JOIN orgs o ON o.id = u.sender_org_id
@@ -44,6 +47,7 @@ pub(super) async fn ingest_job(db: &SqliteDb, job_id: i64) -> anyhow::Result<Opt
             .ok_or_else(|| anyhow::anyhow!("unknown ingest kind {kind}"))?,
         org: org_from_row(&r)?,
         sender_label: r.try_get("sender_label")?,
+        sender_user_id: r.try_get("sender_user_id")?,
         file_name: r.try_get("file_name")?,
         blob: r.try_get("blob")?,
         size: r.try_get::<i64, _>("size")? as u64,
@@ -93,24 +97,6 @@ pub(super) async fn receipts(
             })
         })
         .collect()
-}
-
-async fn insert_event(
-    conn: &mut SqliteConnection,
-    kind: &str,
-    upload_id: i64,
-    payload: serde_json::Value,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO events (kind, upload_id, payload, created_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(kind)
-    .bind(upload_id)
-    .bind(payload.to_string())
-    .bind(now_text())
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 pub(super) async fn apply_ingest(
@@ -171,13 +157,14 @@ pub(super) async fn apply_ingest(
         .execute(&mut *tx)
         .await?;
     if !report.rejected.is_empty() || report.unreadable.is_some() {
-        let payload = serde_json::json!({
-            "org_id": job.org.id,
-            "rejected": report.rejected.len(),
-            "unreadable": report.unreadable.is_some(),
-            "kind": job.kind.as_str(),
-        });
-        insert_event(&mut tx, "receipt_with_rejections", job.upload_id, payload).await?;
+        let notice = Notice::ReceiptWithRejections {
+            org_id: job.org.id,
+            uploader_user_id: job.sender_user_id,
+            rejected: report.rejected.len(),
+            unreadable: report.unreadable.is_some(),
+            ingest_kind: job.kind.as_str().to_string(),
+        };
+        insert_notice(&mut tx, Some(job.upload_id), &notice).await?;
     }
     let mut audit = audit.clone();
     audit.detail = format!(
@@ -419,8 +406,12 @@ async fn apply_register(
     .fetch_all(&mut *conn)
     .await?;
     for (school, count) in unexplained {
-        let payload = serde_json::json!({ "school_org_id": school, "count": count, "provider_org_id": job.org.id });
-        insert_event(conn, "unexplained_absences", job.upload_id, payload).await?;
+        let notice = Notice::UnexplainedAbsences {
+            school_org_id: school,
+            provider_org_id: job.org.id,
+            count,
+        };
+        insert_notice(conn, Some(job.upload_id), &notice).await?;
     }
     sqlx::query("DELETE FROM staging_marks")
         .execute(&mut *conn)
@@ -615,8 +606,10 @@ async fn apply_referrals(
         .await?;
         report.note(row, format!("accepted: reference {reference}"));
         report.accepted += 1;
-        let payload = serde_json::json!({ "school_org_id": job.org.id, "reference": reference, "tier": r.tier });
-        insert_event(conn, "referral_received", job.upload_id, payload).await?;
+        let notice = Notice::ReferralReceived {
+            school_org_id: job.org.id,
+        };
+        insert_notice(conn, Some(job.upload_id), &notice).await?;
     }
     Ok(())
 }
@@ -686,10 +679,22 @@ async fn apply_withdrawals(
             ),
         );
         report.accepted += 1;
-        let payload = serde_json::json!({
-            "requester_org_id": job.org.id, "provider_org_id": provider_id, "reference": reference,
-        });
-        insert_event(conn, "withdrawal_requested", job.upload_id, payload).await?;
+        // The other party: the provider of the course, or the learner's school when the
+        // provider asks.
+        let other_org_id = if job.org.kind == OrgKind::Provider {
+            sqlx::query_scalar("SELECT school_org_id FROM learners WHERE upn = $1")
+                .bind(&w.upn)
+                .fetch_optional(&mut *conn)
+                .await?
+                .flatten()
+        } else {
+            Some(provider_id)
+        };
+        let notice = Notice::WithdrawalRequested {
+            requester_org_id: job.org.id,
+            other_org_id,
+        };
+        insert_notice(conn, Some(job.upload_id), &notice).await?;
     }
     Ok(())
 }

@@ -53,7 +53,10 @@ impl FromStr for OrgKind {
 }
 
 /// A user's role. `Coordinator` and `Dsl` are also the two recipient roles of a transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Role {
     Coordinator,
     Dsl,

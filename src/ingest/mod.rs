@@ -194,9 +194,7 @@ pub async fn run_pending(gw: std::sync::Arc<Gateway>) {
         tick.tick().await;
         // A job younger than this is being processed at its upload's close, which reports an
         // unreadable file to the client: leave it to that.
-        let before = (chrono::Utc::now() - chrono::Duration::seconds(10))
-            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
-            .to_string();
+        let before = crate::db::time_text(chrono::Utc::now() - chrono::Duration::seconds(10));
         let jobs = match gw.db.pending_ingest_jobs(&before).await {
             Ok(j) => j,
             Err(e) => {

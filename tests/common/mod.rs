@@ -38,7 +38,7 @@ impl Run {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -74,6 +74,8 @@ impl Gateway {
                 &format!("Org {slug}"),
                 "--coordinator-email",
                 &format!("coord@{slug}.example.org"),
+                "--dsl-email",
+                &format!("dsl@{slug}.example.org"),
             ]);
             g.add_user(&format!("{slug}-user"), slug, &["coordinator", "dsl"]);
         }
@@ -434,4 +436,103 @@ pub fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String,
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text, start.elapsed().as_secs_f64())
+}
+
+/// A real SMTP server on 127.0.0.1 (Python's aiosmtpd) that stores what it receives in a maildir.
+pub struct SmtpServer {
+    pub port: u16,
+    maildir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+/// One received message, decoded by Python's `email` package.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub priority: String,
+    pub body: String,
+    /// The whole message as received (headers and encoded body).
+    pub raw: String,
+}
+
+impl SmtpServer {
+    pub fn start(port: u16) -> SmtpServer {
+        let maildir = tempfile::Builder::new()
+            .prefix("apgate-smtp-")
+            .tempdir()
+            .expect("maildir");
+        let mut s = SmtpServer {
+            port,
+            maildir,
+            child: None,
+        };
+        s.up();
+        s
+    }
+
+    /// Starts (again) on the same port, keeping what was received.
+    pub fn up(&mut self) {
+        let child = Command::new("python3")
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(self.maildir.path().join("box"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 -m aiosmtpd (pip install aiosmtpd)");
+        self.child = Some(child);
+        wait_until("the SMTP server", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+    }
+
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn messages(&self) -> Vec<Mail> {
+        const READ: &str = r#"
+import json, mailbox, sys
+out = []
+for m in mailbox.Maildir(sys.argv[1], create=True):
+    body = m.get_payload(decode=True).decode("utf-8")
+    unfold = lambda h: " ".join(str(h or "").split())
+    out.append({"to": unfold(m["To"]), "subject": unfold(m["Subject"]),
+                "priority": m["X-Priority"] or "", "body": body, "raw": m.as_string()})
+print(json.dumps(out))
+"#;
+        let out = Command::new("python3")
+            .args(["-c", READ])
+            .arg(self.maildir.path().join("box"))
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("maildir as JSON");
+        let field = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or_default().to_string();
+        list.iter()
+            .map(|v| Mail {
+                to: field(v, "to"),
+                subject: field(v, "subject"),
+                priority: field(v, "priority"),
+                body: field(v, "body"),
+                raw: field(v, "raw"),
+            })
+            .collect()
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.down();
+    }
 }
