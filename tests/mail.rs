@@ -64,7 +64,7 @@ fn one<'a>(mail: &'a [Mail], subject_part: &str) -> &'a Mail {
 #[test]
 fn every_event_kind_reaches_its_contacts_without_personal_data() {
     let smtp = SmtpServer::start(free_port());
-    let g = Gateway::start_with(&smtp_config(smtp.port, ", dsl_escalate_minutes: 0.05"));
+    let g = Gateway::start_with(&smtp_config(smtp.port, ", dsl_escalate_minutes: 0.1"));
     // A hub DSL with an address of their own also hears about DSL files.
     let key = g.key_path("cap-dsl2");
     assert!(
@@ -91,6 +91,22 @@ fn every_event_kind_reaches_its_contacts_without_personal_data() {
         &pubkey,
     ]);
 
+    // A safeguarding file the hub DSL downloads at once is not escalated.
+    put(
+        &g,
+        "prov-a-user",
+        "AB-zqx-seen.pdf",
+        "CONTENT-MARKER",
+        "/outbox/dsl",
+    );
+    g.sftp_ok(
+        "cap-dsl2",
+        &format!(
+            "get /inbox/prov-a/AB-zqx-seen.pdf {}\n",
+            g.path("seen").display()
+        ),
+    );
+
     // Two ordinary transfers from one school: one grouped message to the hub coordinator.
     let plan = g.file("JS-zqx-plan.pdf", b"CONTENT-MARKER support plan");
     let ehcp = g.file("KT-zqx-ehcp.pdf", b"CONTENT-MARKER ehcp");
@@ -109,6 +125,14 @@ fn every_event_kind_reaches_its_contacts_without_personal_data() {
         "JS-zqx-concern.pdf",
         "CONTENT-MARKER concern",
         "/outbox/dsl",
+    );
+    // The hub's safeguarding file to school B, not downloaded either.
+    put(
+        &g,
+        "cap-user",
+        "KT-zqx-note.pdf",
+        "CONTENT-MARKER",
+        "/outbox/school-b/dsl",
     );
     // The learner belongs to school A (roster: no message), a provider's register has an
     // unexplained absence and a bad row.
@@ -161,10 +185,10 @@ fn every_event_kind_reaches_its_contacts_without_personal_data() {
         "/withdrawals",
     );
 
-    let mail = wait_for_count(&smtp, 8, "eight messages");
+    let mail = wait_for_count(&smtp, 11, "eleven messages");
     assert_eq!(
         mail.len(),
-        8,
+        11,
         "{:#?}",
         mail.iter().map(|m| (&m.to, &m.subject)).collect::<Vec<_>>()
     );
@@ -182,10 +206,28 @@ fn every_event_kind_reaches_its_contacts_without_personal_data() {
     assert_eq!(dsl.priority, "1 (Highest)");
     assert!(dsl.raw.contains("Importance: high"));
 
-    let escalation = one(&mail, "ESCALATION");
+    let escalation = one(&mail, "ESCALATION: a safeguarding file from Org school-a");
     assert_eq!(escalation.to, "coord@cap.example.org");
-    assert!(escalation.body.contains("Org school-a"));
+    assert!(escalation.body.contains("/inbox/school-a/"));
     assert_eq!(escalation.priority, "1 (Highest)");
+
+    one(&mail, "URGENT: safeguarding file from Org prov-a");
+    assert!(
+        !mail
+            .iter()
+            .any(|m| m.subject.contains("ESCALATION") && m.body.contains("prov-a"))
+    );
+
+    let to_school = one(&mail, "URGENT: safeguarding file from Org cap");
+    assert_eq!(to_school.to, "dsl@school-b.example.org");
+    assert!(
+        to_school.body.contains("Where to look: /inbox/\n"),
+        "{}",
+        to_school.body
+    );
+    let escalation = one(&mail, "ESCALATION: a safeguarding file for Org school-b");
+    assert_eq!(escalation.to, "coord@cap.example.org");
+    assert!(escalation.body.contains("/reports/transfers.csv"));
 
     let rejected = one(&mail, "were not accepted");
     assert_eq!(rejected.to, "coord@prov-a.example.org");
