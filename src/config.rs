@@ -28,6 +28,33 @@ pub struct Config {
     pub banner: String,
     pub ssh: SshConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the Prometheus endpoint (`GET /metrics`); off when not set. A bare port
+    /// means 127.0.0.1.
+    #[serde(deserialize_with = "address_or_port")]
+    pub listen: Option<SocketAddr>,
+}
+
+fn address_or_port<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Listen {
+        Port(u16),
+        Address(String),
+    }
+    match Option::<Listen>::deserialize(d)? {
+        None => Ok(None),
+        Some(Listen::Port(p)) => Ok(Some(SocketAddr::from(([127, 0, 0, 1], p)))),
+        Some(Listen::Address(a)) => a
+            .parse()
+            .map(Some)
+            .map_err(|_| serde::de::Error::custom(format!("`{a}` is not HOST:PORT or a port"))),
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -90,7 +117,7 @@ pub enum SmtpTls {
     Tls,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DropDir {
     pub path: PathBuf,
@@ -152,6 +179,7 @@ impl Default for Config {
             banner: "Authorised use only. Terms and conditions apply.".into(),
             ssh: SshConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -314,13 +342,28 @@ impl Config {
         }
     }
 
+    /// Every problem, one line each, naming its key.
     fn validate(&self) -> anyhow::Result<()> {
+        let problems = self.problems();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("\n"))
+        }
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut problem = |key: &str, why: String| out.push(format!("key `{key}`: {why}"));
         let url = &self.database.url;
         if !(url.starts_with("sqlite://")
             || url.starts_with("postgres://")
             || url.starts_with("postgresql://"))
         {
-            bail!("key `database.url`: `{url}` must start with sqlite:// or postgres://");
+            problem(
+                "database.url",
+                format!("`{url}` must start with sqlite:// or postgres://"),
+            );
         }
         let l = &self.limits;
         for (key, v) in [
@@ -340,48 +383,65 @@ impl Config {
             ),
         ] {
             if v == 0 {
-                bail!("key `{key}`: must be greater than 0");
+                problem(key, "must be greater than 0".into());
             }
         }
         if l.max_file_size > l.quota_per_org {
-            bail!("key `limits.max_file_size`: larger than `limits.quota_per_org`");
+            problem(
+                "limits.max_file_size",
+                "larger than `limits.quota_per_org`".into(),
+            );
         }
         if self.retention_days == 0 {
-            bail!("key `retention_days`: must be at least 1");
+            problem("retention_days", "must be at least 1".into());
         }
         for (i, r) in self.escrow_recipients.iter().enumerate() {
-            r.parse::<age::x25519::Recipient>().map_err(|e| {
-                anyhow::anyhow!("key `escrow_recipients[{i}]`: not an age X25519 recipient: {e}")
-            })?;
+            if let Err(e) = r.parse::<age::x25519::Recipient>() {
+                problem(
+                    &format!("escrow_recipients[{i}]"),
+                    format!("not an age X25519 recipient: {e}"),
+                );
+            }
         }
         for (i, d) in self.drop_dirs.iter().enumerate() {
-            validate_slug(&d.org).map_err(|e| anyhow::anyhow!("key `drop_dirs[{i}].org`: {e}"))?;
+            if let Err(e) = validate_slug(&d.org) {
+                problem(&format!("drop_dirs[{i}].org"), e.to_string());
+            }
             if IngestKind::parse(&d.kind).is_none() {
-                bail!(
-                    "key `drop_dirs[{i}].kind`: `{}` is not one of register, absences, referral, withdrawal, roster",
-                    d.kind
+                problem(
+                    &format!("drop_dirs[{i}].kind"),
+                    format!(
+                        "`{}` is not one of register, absences, referral, withdrawal, roster",
+                        d.kind
+                    ),
                 );
             }
         }
         if self.banner.len() > 2000 {
-            bail!("key `banner`: at most 2000 characters");
+            problem("banner", "at most 2000 characters".into());
         }
         if let Err(e) = self.mail.from.parse::<lettre::message::Mailbox>() {
-            bail!(
-                "key `mail.from`: `{}` is not an email address ({e})",
-                self.mail.from
+            problem(
+                "mail.from",
+                format!("`{}` is not an email address ({e})", self.mail.from),
             );
         }
         if !(self.mail.dsl_escalate_minutes.is_finite() && self.mail.dsl_escalate_minutes > 0.0) {
-            bail!("key `mail.dsl_escalate_minutes`: must be a number of minutes above 0");
+            problem(
+                "mail.dsl_escalate_minutes",
+                "must be a number of minutes above 0".into(),
+            );
         }
         if self.mail.max_attempts == 0 {
-            bail!("key `mail.max_attempts`: must be at least 1");
+            problem("mail.max_attempts", "must be at least 1".into());
         }
         if self.mail.transport == MailTransport::Smtp && self.mail.smtp.host.is_empty() {
-            bail!("key `mail.smtp.host`: required when `mail.transport` is smtp");
+            problem(
+                "mail.smtp.host",
+                "required when `mail.transport` is smtp".into(),
+            );
         }
-        Ok(())
+        out
     }
 
     pub fn store_dir(&self) -> PathBuf {

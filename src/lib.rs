@@ -18,6 +18,7 @@ pub mod domain;
 pub mod gateway;
 pub mod ingest;
 pub mod mail;
+pub mod metrics;
 pub mod reports;
 pub mod retention;
 pub mod serve;

@@ -48,6 +48,9 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> a
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
     tokio::spawn(crate::retention::run(gw.clone()));
     tokio::spawn(crate::mail::sender::run(gw.clone()));
+    if let Some(addr) = gw.config().metrics.listen {
+        crate::metrics::install(gw.clone(), addr)?;
+    }
     let accept = tokio::spawn(ssh::accept_loop(gw.clone(), russh_config.clone(), listener));
     if let Some(path) = config_path {
         tokio::spawn(reload_on_hangup(gw.clone(), keys, russh_config, path));
@@ -105,10 +108,7 @@ async fn reload_on_hangup(
                     ("data_dir", old.data_dir != new.data_dir),
                     ("keys_dir", old.keys_dir != new.keys_dir),
                     ("database.url", old.database.url != new.database.url),
-                    (
-                        "drop_dirs",
-                        format!("{:?}", old.drop_dirs) != format!("{:?}", new.drop_dirs),
-                    ),
+                    ("metrics.listen", old.metrics != new.metrics),
                     (
                         "escrow_recipients",
                         old.escrow_recipients != new.escrow_recipients,

@@ -17,6 +17,17 @@ fn check_config_names_the_key() {
         "{}",
         r.all()
     );
+    // Every problem is listed, each with its key.
+    let two = Gateway::configured("retention_days: 0\nmail: { from: nobody, max_attempts: 0 }");
+    let r = two.cli(&["check-config"]);
+    assert!(!r.ok);
+    for key in ["retention_days", "mail.from", "mail.max_attempts"] {
+        assert!(
+            r.stderr.contains(&format!("key `{key}`")),
+            "{key}: {}",
+            r.all()
+        );
+    }
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apgate.example.yaml");
     let r = Command::new(common::BIN)
@@ -227,9 +238,15 @@ fn sighup_reloads_banner_without_dropping_sessions() {
             == "1"
     });
 
+    // The reload also adds a drop folder.
+    let folder = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(&g.config)
         .unwrap()
-        .replace("first banner", "second banner");
+        .replace("first banner", "second banner")
+        + &format!(
+            "drop_dirs: [ {{ path: \"{}\", org: school-a, kind: roster }} ]\n",
+            folder.path().display()
+        );
     std::fs::write(&g.config, text).unwrap();
     let pid = g.server_pid().unwrap().to_string();
     assert!(
@@ -243,6 +260,22 @@ fn sighup_reloads_banner_without_dropping_sessions() {
         g.log().contains("configuration reloaded")
     });
     assert!(banner_of_new_connection().contains("second banner"));
+    let dropped = folder.path().join("roster.csv");
+    std::fs::write(
+        &dropped,
+        "upn,surname,forename,date_of_birth,gender,year_group\n",
+    )
+    .unwrap();
+    common::wait_until(
+        "the new drop folder's file taken",
+        Duration::from_secs(20),
+        || !dropped.exists(),
+    );
+    assert!(
+        !g.log().contains("take effect at the next restart"),
+        "{}",
+        g.log()
+    );
 
     // A broken file: refused, the running configuration stays.
     std::fs::write(&g.config, "limits: { sessions_per_user: lots }\n").unwrap();
@@ -267,4 +300,86 @@ fn sighup_reloads_banner_without_dropping_sessions() {
     let out = live.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("inbox"));
+}
+
+/// `GET /metrics` over a real socket.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// The value of one series (`name{labels}`), or None when absent.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_counts_real_traffic() {
+    let port = common::free_port();
+    let g = Gateway::start_with(&format!("metrics: {{ listen: \"127.0.0.1:{port}\" }}"));
+    let data = common::noise(300_000, 7);
+    let f = g.file("plan.pdf", &data);
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/\n", f.display()),
+    );
+    assert!(
+        !g.sftp(
+            "school-a-user",
+            &format!(
+                "put {} /outbox/school-b/coordinator/denied.pdf\n",
+                f.display()
+            )
+        )
+        .ok
+    );
+    let got = g.path("got.pdf");
+    g.sftp_ok(
+        "cap-user",
+        &format!("get /inbox/school-a/plan.pdf {}\n", got.display()),
+    );
+    let (failed, _, _) = password_login(&g, "school-a-user", "wrong");
+    assert!(!failed);
+
+    let mut text = String::new();
+    common::wait_until("sampled gauges", std::time::Duration::from_secs(20), || {
+        text = scrape(port);
+        series(&text, "apgate_mail_messages{state=\"waiting\"}") == Some(1.0)
+    });
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert_eq!(
+        series(&text, "apgate_transfers_committed_total{source=\"sftp\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, "apgate_transfers_denied_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(series(&text, "apgate_bytes_received_total") >= Some(300_000.0));
+    assert_eq!(series(&text, "apgate_bytes_sent_total"), Some(300_000.0));
+    assert!(series(&text, "apgate_login_failures_total") >= Some(1.0));
+    assert_eq!(series(&text, "apgate_sessions"), Some(0.0));
+    assert_eq!(series(&text, "apgate_bans{kind=\"address\"}"), Some(0.0));
+    assert_eq!(
+        series(&text, "apgate_ingest_jobs{state=\"pending\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(&text, "apgate_mail_messages{state=\"dead\"}"),
+        Some(0.0)
+    );
+    // Only counts: no user, organisation or file name is exported.
+    for secret in ["school-a", "plan.pdf", "cap-user"] {
+        assert!(!text.contains(secret), "`{secret}` in metrics");
+    }
 }

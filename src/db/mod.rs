@@ -442,6 +442,8 @@ pub trait Database: Send + Sync {
     async fn mail_recipients(&self, row: &MailRow) -> anyhow::Result<Vec<String>>;
     async fn mail_done(&self, id: i64, outcome: &MailOutcome<'_>) -> anyhow::Result<()>;
     async fn mail_counts(&self) -> anyhow::Result<MailCounts>;
+    /// Ingest jobs per state (`pending`, `done`).
+    async fn ingest_job_counts(&self) -> anyhow::Result<Vec<(String, i64)>>;
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.

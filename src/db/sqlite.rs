@@ -856,6 +856,14 @@ impl Database for SqliteDb {
         super::sqlite_mail::mail_counts(self).await
     }
 
+    async fn ingest_job_counts(&self) -> anyhow::Result<Vec<(String, i64)>> {
+        Ok(
+            sqlx::query_as("SELECT state, COUNT(*) FROM ingest_jobs GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
     async fn audit_records(&self) -> anyhow::Result<(Vec<AuditRecord>, Option<(i64, String)>)> {
         let rows = sqlx::query(
             "SELECT seq, at, actor, org, address, action, outcome, detail, prev_hash, hash

@@ -102,6 +102,8 @@ pub async fn ingest_file(
             return Err(e);
         }
     };
+    metrics::counter!(crate::metrics::TRANSFERS_COMMITTED, "source" => source.to_string())
+        .increment(1);
     let job = committed.job_id.context("an ingest upload has a job")?;
     let report = super::process(gw, job).await?;
     let receipt = match gw.db.ingest_job(job).await? {

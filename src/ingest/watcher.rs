@@ -72,12 +72,10 @@ fn scan(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Watches every configured drop folder until the process ends.
+/// Watches the configured drop folders until the process ends. A reload (SIGHUP) that changes
+/// `drop_dirs` takes effect within a second: new folders are watched and scanned, removed ones
+/// are let go.
 pub async fn run(gw: Arc<Gateway>) {
-    let dirs = gw.config().drop_dirs.clone();
-    if dirs.is_empty() {
-        return;
-    }
     let (tx, mut rx) = mpsc::unbounded_channel::<PathBuf>();
     let events = tx.clone();
     let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -99,63 +97,80 @@ pub async fn run(gw: Arc<Gateway>) {
         Ok(w) => w,
         Err(e) => {
             tracing::error!("cannot watch drop folders: {e}; falling back to rescans");
-            return rescan_only(gw, dirs).await;
+            return rescan_only(gw).await;
         }
     };
-    for d in &dirs {
-        if let Err(e) = watcher.watch(&d.path, RecursiveMode::NonRecursive) {
-            tracing::error!(path = %d.path.display(), "cannot watch drop folder: {e}");
-        }
-    }
-    let by_dir: HashMap<PathBuf, DropDir> =
-        dirs.iter().map(|d| (d.path.clone(), d.clone())).collect();
-    // Files that arrived while the gateway was down, then a rescan now and then.
-    let rescan_tx = tx.clone();
-    let rescan_dirs = dirs.clone();
-    tokio::spawn(async move {
-        loop {
-            for d in &rescan_dirs {
-                for p in scan(&d.path) {
-                    let _ = rescan_tx.send(p);
-                }
-            }
-            tokio::time::sleep(RESCAN_EVERY).await;
-        }
-    });
+    let mut current: Vec<DropDir> = Vec::new();
+    let mut by_dir: HashMap<PathBuf, DropDir> = HashMap::new();
     let in_progress = Arc::new(std::sync::Mutex::new(
         std::collections::HashSet::<PathBuf>::new(),
     ));
-    while let Some(path) = rx.recv().await {
-        if !wanted(&path) {
-            continue;
-        }
-        let Some(dir) = path.parent().and_then(|p| by_dir.get(p)).cloned() else {
-            continue;
-        };
-        let Some(kind) = IngestKind::parse(&dir.kind) else {
-            continue;
-        };
-        if !in_progress
-            .lock()
-            .map(|mut s| s.insert(path.clone()))
-            .unwrap_or(false)
-        {
-            continue;
-        }
-        let gw = gw.clone();
-        let in_progress = in_progress.clone();
-        tokio::spawn(async move {
-            take(&gw, &dir, kind, &path).await;
-            if let Ok(mut s) = in_progress.lock() {
-                s.remove(&path);
+    let mut check = tokio::time::interval(Duration::from_secs(1));
+    let mut last_rescan = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            Some(path) = rx.recv() => {
+                if !wanted(&path) {
+                    continue;
+                }
+                let Some(dir) = path.parent().and_then(|p| by_dir.get(p)).cloned() else {
+                    continue;
+                };
+                let Some(kind) = IngestKind::parse(&dir.kind) else {
+                    continue;
+                };
+                if !in_progress
+                    .lock()
+                    .map(|mut s| s.insert(path.clone()))
+                    .unwrap_or(false)
+                {
+                    continue;
+                }
+                let gw = gw.clone();
+                let in_progress = in_progress.clone();
+                tokio::spawn(async move {
+                    take(&gw, &dir, kind, &path).await;
+                    if let Ok(mut s) = in_progress.lock() {
+                        s.remove(&path);
+                    }
+                });
             }
-        });
+            _ = check.tick() => {
+                let wanted_dirs = gw.config().drop_dirs.clone();
+                let mut rescan: Vec<PathBuf> = Vec::new();
+                if wanted_dirs != current {
+                    for d in current.iter().filter(|d| !wanted_dirs.contains(d)) {
+                        let _ = watcher.unwatch(&d.path);
+                        tracing::info!(path = %d.path.display(), "drop folder no longer watched");
+                    }
+                    for d in wanted_dirs.iter().filter(|d| !current.contains(d)) {
+                        match watcher.watch(&d.path, RecursiveMode::NonRecursive) {
+                            Ok(()) => tracing::info!(path = %d.path.display(), org = %d.org, kind = %d.kind, "watching drop folder"),
+                            Err(e) => tracing::error!(path = %d.path.display(), "cannot watch drop folder: {e}"),
+                        }
+                        // Files that arrived while the folder was not watched.
+                        rescan.push(d.path.clone());
+                    }
+                    by_dir = wanted_dirs.iter().map(|d| (d.path.clone(), d.clone())).collect();
+                    current = wanted_dirs;
+                }
+                if last_rescan.elapsed() >= RESCAN_EVERY {
+                    last_rescan = tokio::time::Instant::now();
+                    rescan = current.iter().map(|d| d.path.clone()).collect();
+                }
+                for dir in rescan {
+                    for p in scan(&dir) {
+                        let _ = tx.send(p);
+                    }
+                }
+            }
+        }
     }
-    drop(watcher);
 }
 
-async fn rescan_only(gw: Arc<Gateway>, dirs: Vec<DropDir>) {
+async fn rescan_only(gw: Arc<Gateway>) {
     loop {
+        let dirs = gw.config().drop_dirs.clone();
         for d in &dirs {
             let Some(kind) = IngestKind::parse(&d.kind) else {
                 continue;

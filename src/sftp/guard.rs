@@ -178,6 +178,16 @@ impl Guard {
         })
     }
 
+    /// Bans in force: (addresses, users).
+    pub fn bans_in_force(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let s = self.lock();
+        (
+            s.banned_addr.values().filter(|u| **u > now).count(),
+            s.banned_user.values().filter(|u| **u > now).count(),
+        )
+    }
+
     pub fn live_sessions(&self) -> usize {
         self.lock().sessions.len()
     }

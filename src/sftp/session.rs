@@ -266,6 +266,7 @@ impl SftpSession {
                 offset,
                 data,
             } => {
+                metrics::counter!(crate::metrics::BYTES_RECEIVED).increment(data.len() as u64);
                 self.write(&handle, offset, data).await?;
                 Ok(p::status(id, StatusCode::Ok, "ok"))
             }
@@ -477,6 +478,7 @@ impl SftpSession {
             tracing::error!("cannot write audit entry: {e:#}");
         }
         tracing::warn!(user = %self.who.username, folder = %folder.path, "{message}");
+        metrics::counter!(crate::metrics::TRANSFERS_DENIED).increment(1);
         FsError::Denied(message)
     }
 
@@ -860,6 +862,7 @@ impl SftpSession {
             })?
         };
         let got = reply.as_ref().map_or(0, |(_, n)| *n) as u64;
+        metrics::counter!(crate::metrics::BYTES_SENT).increment(got);
         if offset <= *covered {
             *covered = (*covered).max(offset + got);
         }
@@ -1017,6 +1020,8 @@ impl SftpSession {
                     user = %self.who.username, org = %self.who.org.slug, folder = %folder.path,
                     upload = c.upload_id, size = sealed.size, "transfer committed"
                 );
+                metrics::counter!(crate::metrics::TRANSFERS_COMMITTED, "source" => "sftp")
+                    .increment(1);
                 let Some(job) = c.job_id else {
                     return Ok(());
                 };

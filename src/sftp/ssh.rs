@@ -282,6 +282,7 @@ impl Connection {
             Err(reason) => {
                 self.failures += 1;
                 let newly_banned = self.gw.guard.record_failure(ip, username);
+                metrics::counter!(crate::metrics::LOGIN_FAILURES).increment(1);
                 // One line per failure, with the address: what fail2ban reads.
                 tracing::warn!(
                     "authentication failure for {} from {ip} ({method}): {reason}",
