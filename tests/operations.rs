@@ -96,7 +96,7 @@ fn retention_deletes_old_content_and_keeps_the_record() {
         &format!("put {} /outbox/coordinator/old.pdf\n", old.display()),
     );
     // Received 40 days ago.
-    g.sqlite("UPDATE uploads SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days') WHERE name = 'old.pdf'");
+    g.sql("UPDATE uploads SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days') WHERE name = 'old.pdf'");
     g.sftp_ok(
         "school-a-user",
         &format!("put {} /outbox/coordinator/new.pdf\n", new.display()),
@@ -122,7 +122,7 @@ fn retention_deletes_old_content_and_keeps_the_record() {
         .expect("the record stays");
     assert!(old_row.ends_with('Z'), "expired_at is set: {old_row}");
     assert!(
-        g.sqlite("SELECT detail FROM audit WHERE action = 'expire'")
+        g.sql("SELECT detail FROM audit WHERE action = 'expire'")
             .contains("old.pdf")
     );
     assert!(g.cli_ok(&["audit", "verify"]).contains("intact"));
@@ -233,7 +233,7 @@ fn sighup_reloads_banner_without_dropping_sessions() {
         .unwrap();
     live.stdin.as_mut().unwrap().write_all(b"pwd\n").unwrap();
     common::wait_until("the live session", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
+        g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
             .trim()
             == "1"
     });

@@ -95,7 +95,7 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
 fn password_and_key_authentication() {
     let g = Gateway::start();
     g.add_password_user("pw-user", "school-a", "correct horse battery staple");
-    let stored = g.sqlite("SELECT password_hash FROM users WHERE username = 'pw-user'");
+    let stored = g.sql("SELECT password_hash FROM users WHERE username = 'pw-user'");
     assert!(
         stored.starts_with("$argon2id$"),
         "argon2id, never clear: {stored}"
@@ -122,7 +122,7 @@ fn password_and_key_authentication() {
         .output()
         .unwrap();
     assert!(!r.status.success());
-    let audit = g.sqlite("SELECT outcome || ' ' || address FROM audit WHERE action = 'login'");
+    let audit = g.sql("SELECT outcome || ' ' || address FROM audit WHERE action = 'login'");
     assert!(
         audit.contains("failed 127.0.0.1") && audit.contains("ok 127.0.0.1"),
         "{audit}"
@@ -228,7 +228,7 @@ fn disabling_a_user_or_organisation_ends_live_sessions() {
     let g = Gateway::start();
     let live = open_session(&g, "school-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
+        g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
             .trim()
             == "1"
     });
@@ -241,7 +241,7 @@ fn disabling_a_user_or_organisation_ends_live_sessions() {
 
     let live = open_session(&g, "prov-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'prov-a-user'")
+        g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'prov-a-user'")
             .trim()
             == "1"
     });
@@ -267,7 +267,7 @@ fn sessions_per_user_and_idle_timeout() {
     );
     let first = open_session(&g, "school-a-user");
     wait_until("the session to log in", Duration::from_secs(10), || {
-        g.sqlite("SELECT COUNT(*) FROM audit WHERE action = 'login' AND outcome = 'ok'")
+        g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND outcome = 'ok'")
             .trim()
             == "1"
     });

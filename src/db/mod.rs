@@ -1,10 +1,10 @@
 //! The database behind the gateway: one [`Database`] trait of plain domain methods and one
 //! implementation per backend. The backend is picked once, from the URL scheme, by [`open`].
 
-mod sqlite;
-mod sqlite_ingest;
-mod sqlite_mail;
-mod sqlite_reports;
+mod sql;
+mod sql_ingest;
+mod sql_mail;
+mod sql_reports;
 
 use std::sync::Arc;
 
@@ -18,16 +18,10 @@ use crate::ingest::receipt::ApplyReport;
 
 pub type Db = Arc<dyn Database>;
 
-/// Opens (creating if needed) and migrates the database named by `url`.
+/// Opens (creating if needed) and migrates the database named by `url`: `sqlite://FILE` or
+/// `postgres://…`.
 pub async fn open(url: &str) -> anyhow::Result<Db> {
-    if url.starts_with("sqlite://") {
-        Ok(Arc::new(sqlite::SqliteDb::open(url).await?))
-    } else {
-        anyhow::bail!(
-            "database `{}`: only sqlite:// is built into this version of apgate",
-            redact_url(url)
-        )
-    }
+    Ok(Arc::new(sql::SqlDb::open(url).await?))
 }
 
 /// The URL without a password, for messages.

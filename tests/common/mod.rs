@@ -16,6 +16,117 @@ pub struct Gateway {
     pub config: PathBuf,
     child: Option<Child>,
     extra_config: String,
+    /// The PostgreSQL database of this gateway (created for it, dropped with it), if any.
+    pub postgres: Option<PgDatabase>,
+}
+
+thread_local! {
+    static ON_POSTGRES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs a test body with the gateways it starts on PostgreSQL (`APGATE_TEST_DATABASE_URL`, a
+/// URL to a database where the test may create and drop databases). Without the variable the
+/// body is skipped, unless `APGATE_TEST_REQUIRE_POSTGRES=1` (CI), which makes that a failure.
+pub fn on_postgres(body: impl FnOnce()) {
+    if std::env::var("APGATE_TEST_DATABASE_URL").is_err() {
+        assert!(
+            std::env::var("APGATE_TEST_REQUIRE_POSTGRES").as_deref() != Ok("1"),
+            "APGATE_TEST_REQUIRE_POSTGRES=1 but APGATE_TEST_DATABASE_URL is not set"
+        );
+        eprintln!("skipped: APGATE_TEST_DATABASE_URL is not set");
+        return;
+    }
+    ON_POSTGRES.with(|p| p.set(true));
+    body();
+    ON_POSTGRES.with(|p| p.set(false));
+}
+
+/// Declares each test twice: `name::sqlite` and `name::postgres` (see [`on_postgres`]).
+#[macro_export]
+macro_rules! on_both_backends {
+    ($( $(#[$meta:meta])* fn $name:ident() $body:block )*) => {
+        $(
+            $(#[$meta])*
+            mod $name {
+                #[allow(unused_imports)]
+                use super::*;
+                #[test]
+                fn sqlite() $body
+                #[test]
+                fn postgres() {
+                    common::on_postgres(|| $body)
+                }
+            }
+        )*
+    };
+}
+
+/// A database created on the test PostgreSQL server for one gateway.
+pub struct PgDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> PgDatabase {
+        let admin_url =
+            std::env::var("APGATE_TEST_DATABASE_URL").expect("APGATE_TEST_DATABASE_URL");
+        let name = format!("apgate_t_{}", rand_suffix().replace('-', "_"));
+        psql(&admin_url, &format!("CREATE DATABASE {name}"));
+        // The same server and user, the new database.
+        let (base, query) = match admin_url.split_once('?') {
+            Some((b, q)) => (b, format!("?{q}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let scheme_end = base.find("://").map_or(0, |i| i + 3);
+        let host_part = match base[scheme_end..].find('/') {
+            Some(i) => &base[..scheme_end + i],
+            None => base,
+        };
+        PgDatabase {
+            url: format!("{host_part}/{name}{query}"),
+            admin_url,
+            name,
+        }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args(["-q", "-X", &self.admin_url, "-c"])
+            .arg(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .output();
+    }
+}
+
+/// Runs SQL with the real `psql`; rows as `a|b`, NULL as empty (like `sqlite3`).
+pub fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-At",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            url,
+            "-c",
+            sql,
+        ])
+        .output()
+        .expect("psql (Debian package postgresql-client)");
+    assert!(
+        out.status.success(),
+        "psql {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 pub struct Run {
@@ -97,8 +208,13 @@ impl Gateway {
         } else {
             "limits: { connections_per_second: 200, ban_after_failures: 50 }\n"
         };
+        let postgres = ON_POSTGRES.with(|p| p.get()).then(PgDatabase::create);
+        let database = match &postgres {
+            Some(pg) => format!("database: {{ url: \"{}\" }}\n", pg.url),
+            None => String::new(),
+        };
         let yaml = format!(
-            "listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\n{limits}{extra_config}\n"
+            "listen: 127.0.0.1:{port}\ndata_dir: ./data\nkeys_dir: ./keys\n{database}{limits}{extra_config}\n"
         );
         std::fs::write(&config, yaml).expect("write config");
         Gateway {
@@ -107,6 +223,7 @@ impl Gateway {
             config,
             child: None,
             extra_config: extra_config.to_string(),
+            postgres,
         }
     }
 
@@ -317,7 +434,11 @@ impl Gateway {
         walk(&self.path("data/store"))
     }
 
-    pub fn sqlite(&self, sql: &str) -> String {
+    /// Runs SQL on the gateway's database (`sqlite3` or `psql`); rows as `a|b`.
+    pub fn sql(&self, sql: &str) -> String {
+        if let Some(pg) = &self.postgres {
+            return psql(&pg.url, sql);
+        }
         let out = Command::new("sqlite3")
             .arg(self.path("data/apgate.db"))
             .arg(sql)
@@ -334,6 +455,7 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // The server first: the database is dropped after it (field order).
         self.stop_server();
     }
 }

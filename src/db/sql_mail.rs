@@ -4,15 +4,15 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
-use super::sqlite::SqliteDb;
+use super::sql::SqlDb;
 use super::*;
 use crate::mail::{Notice, Outgoing, merge_about, plan};
 
 /// Writes the event row for `notice` and its messages, inside the caller's transaction.
 pub(super) async fn insert_notice(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     upload_id: Option<i64>,
     notice: &Notice,
 ) -> anyhow::Result<()> {
@@ -40,7 +40,7 @@ pub(super) async fn insert_notice(
 }
 
 async fn enqueue(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     event_id: i64,
     out: &Outgoing,
     now: &str,
@@ -84,7 +84,7 @@ async fn enqueue(
     Ok(())
 }
 
-pub(super) async fn escalate_dsl(db: &SqliteDb, received_before: &str) -> anyhow::Result<usize> {
+pub(super) async fn escalate_dsl(db: &SqlDb, received_before: &str) -> anyhow::Result<usize> {
     let mut tx = db.begin().await?;
     let overdue: Vec<(i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT d.id, d.upload_id, u.sender_org_id, d.recipient_org_id
@@ -114,7 +114,7 @@ pub(super) async fn escalate_dsl(db: &SqliteDb, received_before: &str) -> anyhow
 }
 
 pub(super) async fn claim_mail(
-    db: &SqliteDb,
+    db: &SqlDb,
     grouped_before: &str,
     lease_until: &str,
     limit: i64,
@@ -156,7 +156,7 @@ pub(super) async fn claim_mail(
         .collect()
 }
 
-pub(super) async fn mail_recipients(db: &SqliteDb, row: &MailRow) -> anyhow::Result<Vec<String>> {
+pub(super) async fn mail_recipients(db: &SqlDb, row: &MailRow) -> anyhow::Result<Vec<String>> {
     let contact: Option<String> = sqlx::query_scalar(
         "SELECT CASE $2 WHEN 'dsl' THEN dsl_email ELSE coordinator_email END
          FROM orgs WHERE id = $1",
@@ -197,7 +197,7 @@ pub(super) async fn mail_recipients(db: &SqliteDb, row: &MailRow) -> anyhow::Res
 }
 
 pub(super) async fn mail_done(
-    db: &SqliteDb,
+    db: &SqlDb,
     id: i64,
     outcome: &MailOutcome<'_>,
 ) -> anyhow::Result<()> {
@@ -223,7 +223,7 @@ pub(super) async fn mail_done(
     Ok(())
 }
 
-pub(super) async fn mail_counts(db: &SqliteDb) -> anyhow::Result<MailCounts> {
+pub(super) async fn mail_counts(db: &SqlDb) -> anyhow::Result<MailCounts> {
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, COUNT(*) FROM mail GROUP BY state")
             .fetch_all(&db.pool)

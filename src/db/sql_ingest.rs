@@ -1,9 +1,9 @@
 //! SQLite: ingest jobs and applying parsed files to the attendance and referral tables.
 
 use chrono::Datelike;
-use sqlx::{Row, SqliteConnection};
+use sqlx::{AnyConnection, Row};
 
-use super::sqlite::{ORG_COLUMNS, SqliteDb, append_audit, org_from_row};
+use super::sql::{Backend, ORG_COLUMNS, SqlDb, append_audit, org_from_row};
 use super::*;
 use crate::domain::attendance::Status;
 use crate::domain::dates::add_working_days;
@@ -15,9 +15,9 @@ use crate::ingest::roster::RosterRow;
 use crate::ingest::table::RowResult;
 use crate::mail::Notice;
 
-use super::sqlite_mail::insert_notice;
+use super::sql_mail::insert_notice;
 
-pub(super) async fn ingest_job(db: &SqliteDb, job_id: i64) -> anyhow::Result<Option<IngestJob>> {
+pub(super) async fn ingest_job(db: &SqlDb, job_id: i64) -> anyhow::Result<Option<IngestJob>> {
     let row = sqlx::query(&format!(
         "SELECT j.id AS job_id, j.kind AS job_kind, j.state, u.id AS upload_id, u.name AS file_name,
                 u.blob, u.size, u.sha256, u.created_at AS received_at,
@@ -58,7 +58,7 @@ pub(super) async fn ingest_job(db: &SqliteDb, job_id: i64) -> anyhow::Result<Opt
 }
 
 pub(super) async fn applied_duplicate(
-    db: &SqliteDb,
+    db: &SqlDb,
     job: &IngestJob,
 ) -> anyhow::Result<Option<String>> {
     let row: Option<(String, String)> = sqlx::query_as(
@@ -76,10 +76,7 @@ pub(super) async fn applied_duplicate(
     Ok(row.map(|(name, at)| format!("{name} received at {at}")))
 }
 
-pub(super) async fn receipts(
-    db: &SqliteDb,
-    org_id: Option<i64>,
-) -> anyhow::Result<Vec<ReceiptFile>> {
+pub(super) async fn receipts(db: &SqlDb, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>> {
     let rows = sqlx::query(
         "SELECT o.slug, r.name, r.body, r.created_at FROM receipts r JOIN orgs o ON o.id = r.org_id
          WHERE $1 IS NULL OR r.org_id = $1 ORDER BY r.name",
@@ -100,7 +97,7 @@ pub(super) async fn receipts(
 }
 
 pub(super) async fn apply_ingest(
-    db: &SqliteDb,
+    db: &SqlDb,
     job: &IngestJob,
     batch: &Batch,
     audit: &AuditEntry,
@@ -124,7 +121,9 @@ pub(super) async fn apply_ingest(
     match batch {
         Batch::Unreadable(reason) => report.unreadable = Some(reason.clone()),
         Batch::Duplicate(of) => report.duplicate_of = Some(of.clone()),
-        Batch::Register(rows) => apply_register(&mut tx, job, rows, &mut report).await?,
+        Batch::Register(rows) => {
+            apply_register(&mut tx, db.backend, job, rows, &mut report).await?
+        }
         Batch::Absences(rows) => apply_absences(&mut tx, job, rows, &mut report).await?,
         Batch::Roster(rows) => apply_roster(&mut tx, job, rows, &mut report).await?,
         Batch::Referral(rows) => apply_referrals(&mut tx, job, rows, &mut report).await?,
@@ -195,13 +194,15 @@ fn accepted<'a, T>(rows: &'a [RowResult<T>], report: &mut ApplyReport) -> Vec<(u
     ok
 }
 
-/// Rows per multi-row INSERT into the staging table (16 values each; SQLite allows 32766).
+/// Rows per multi-row INSERT into the staging table (17 values each; SQLite allows 32766
+/// parameters, PostgreSQL 65535).
 const STAGING_ROWS: usize = 1000;
 
 /// The learner id of every UPN in a register, creating (and flagging for the hub) the unknown
 /// ones from their first row.
 async fn register_learners<'r>(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
+    backend: Backend,
     job: &IngestJob,
     valid: &[(usize, &'r RegisterRow)],
     now: &str,
@@ -217,7 +218,10 @@ async fn register_learners<'r>(
     for chunk in upns.chunks(500) {
         let sql = format!(
             "SELECT upn, id FROM learners WHERE upn IN ({})",
-            vec!["?"; chunk.len()].join(",")
+            (1..=chunk.len())
+                .map(|i| backend.placeholder(i))
+                .collect::<Vec<_>>()
+                .join(",")
         );
         let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
         for u in chunk {
@@ -267,7 +271,8 @@ async fn register_learners<'r>(
 /// INSERTs, then a few statements create unknown learners, retire the marks being amended and
 /// insert every new version with its history number.
 async fn apply_register(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
+    backend: Backend,
     job: &IngestJob,
     rows: &[RowResult<RegisterRow>],
     report: &mut ApplyReport,
@@ -290,7 +295,7 @@ async fn apply_register(
         .execute(&mut *conn)
         .await?;
     let now = now_text();
-    let learner_ids = register_learners(conn, job, &valid, &now, report).await?;
+    let learner_ids = register_learners(conn, backend, job, &valid, &now, report).await?;
     // A lesson named twice in one file: each row is a version, the last one is current. Ranked
     // here rather than with window functions in SQL (measured: the sorts dominated).
     let mut seen: std::collections::HashMap<(&str, chrono::NaiveDate, &str, &str), (i64, usize)> =
@@ -316,7 +321,9 @@ async fn apply_register(
         );
         for i in 0..chunk.len() {
             sql.push_str(if i == 0 { "(" } else { ",(" });
-            sql.push_str("?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+            let params: Vec<String> = (1..=17).map(|k| backend.placeholder(i * 17 + k)).collect();
+            sql.push_str(&params.join(","));
+            sql.push(')');
         }
         let mut q = sqlx::query(&sql);
         for (j, (row, r)) in chunk.iter().enumerate() {
@@ -337,7 +344,7 @@ async fn apply_register(
                 .bind(&r.dfe_code)
                 .bind(&r.note)
                 .bind(ranks[i])
-                .bind(last[i])
+                .bind(i64::from(last[i]))
                 .bind(learner_ids.get(r.upn.as_str()).copied());
         }
         q.execute(&mut *conn).await?;
@@ -348,17 +355,17 @@ async fn apply_register(
         .fold((valid[0].1.date, valid[0].1.date), |(a, b), (_, r)| {
             (a.min(r.date), b.max(r.date))
         });
-    let overlapping: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM marks WHERE current = 1 AND provider_org_id = $1
+    let overlapping: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM marks WHERE current = 1 AND provider_org_id = $1
                         AND learner_id IN (SELECT DISTINCT learner_id FROM staging_marks)
-                        AND date BETWEEN $2 AND $3)",
+                        AND date BETWEEN $2 AND $3 LIMIT 1) AS x",
     )
     .bind(job.org.id)
     .bind(first_day.to_string())
     .bind(last_day.to_string())
     .fetch_one(&mut *conn)
     .await?;
-    if overlapping {
+    if overlapping > 0 {
         sqlx::query(
             "UPDATE staging_marks SET prior = (
                 SELECT m.version FROM marks m WHERE m.current = 1 AND m.provider_org_id = $1
@@ -421,7 +428,7 @@ async fn apply_register(
 
 /// A learner's id and home school, by UPN.
 async fn learner_by_upn(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     upn: &str,
 ) -> anyhow::Result<Option<(i64, Option<i64>)>> {
     Ok(
@@ -433,7 +440,7 @@ async fn learner_by_upn(
 }
 
 async fn apply_absences(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &IngestJob,
     rows: &[RowResult<AbsenceDecision>],
     report: &mut ApplyReport,
@@ -500,7 +507,7 @@ async fn apply_absences(
 }
 
 async fn apply_roster(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &IngestJob,
     rows: &[RowResult<RosterRow>],
     report: &mut ApplyReport,
@@ -546,7 +553,7 @@ async fn apply_roster(
 }
 
 async fn next_reference(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     table: &str,
     prefix: &str,
     year: i32,
@@ -568,7 +575,7 @@ fn received(job: &IngestJob) -> chrono::NaiveDate {
 }
 
 async fn apply_referrals(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &IngestJob,
     rows: &[RowResult<Referral>],
     report: &mut ApplyReport,
@@ -615,7 +622,7 @@ async fn apply_referrals(
 }
 
 async fn apply_withdrawals(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     job: &IngestJob,
     rows: &[RowResult<Withdrawal>],
     report: &mut ApplyReport,

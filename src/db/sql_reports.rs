@@ -2,11 +2,11 @@
 
 use sqlx::Row;
 
-use super::sqlite::SqliteDb;
+use super::sql::SqlDb;
 use super::*;
 
 pub(super) async fn marks(
-    db: &SqliteDb,
+    db: &SqlDb,
     scope: MarkScope,
     current_only: bool,
 ) -> anyhow::Result<Vec<MarkRecord>> {
@@ -56,7 +56,7 @@ pub(super) async fn marks(
 }
 
 pub(super) async fn transfers(
-    db: &SqliteDb,
+    db: &SqlDb,
     org_id: Option<i64>,
 ) -> anyhow::Result<Vec<TransferRecord>> {
     let rows = sqlx::query(
@@ -95,7 +95,7 @@ pub(super) async fn transfers(
 }
 
 pub(super) async fn referrals(
-    db: &SqliteDb,
+    db: &SqlDb,
     school: Option<i64>,
 ) -> anyhow::Result<Vec<ReferralRecord>> {
     let rows = sqlx::query(
@@ -121,7 +121,7 @@ pub(super) async fn referrals(
 }
 
 pub(super) async fn withdrawals(
-    db: &SqliteDb,
+    db: &SqlDb,
     org: Option<i64>,
 ) -> anyhow::Result<Vec<WithdrawalRecord>> {
     let rows = sqlx::query(
@@ -153,14 +153,14 @@ pub(super) async fn withdrawals(
         .collect()
 }
 
-pub(super) async fn activity(db: &SqliteDb) -> anyhow::Result<Vec<ActivityRecord>> {
+pub(super) async fn activity(db: &SqlDb) -> anyhow::Result<Vec<ActivityRecord>> {
     let rows = sqlx::query(
         "SELECT substr(at, 1, 10) AS day, org,
-                SUM(action = 'login' AND outcome = 'ok') AS logins,
-                SUM(action = 'login' AND outcome = 'failed') AS failed_logins,
-                SUM(action = 'upload') AS uploads,
-                SUM(action = 'download') AS downloads,
-                SUM(action = 'transfer denied') AS denials
+                CAST(SUM(CASE WHEN action = 'login' AND outcome = 'ok' THEN 1 ELSE 0 END) AS BIGINT) AS logins,
+                CAST(SUM(CASE WHEN action = 'login' AND outcome = 'failed' THEN 1 ELSE 0 END) AS BIGINT) AS failed_logins,
+                CAST(SUM(CASE WHEN action = 'upload' THEN 1 ELSE 0 END) AS BIGINT) AS uploads,
+                CAST(SUM(CASE WHEN action = 'download' THEN 1 ELSE 0 END) AS BIGINT) AS downloads,
+                CAST(SUM(CASE WHEN action = 'transfer denied' THEN 1 ELSE 0 END) AS BIGINT) AS denials
          FROM audit WHERE org <> '' OR action = 'login'
          GROUP BY day, org ORDER BY day, org",
     )
