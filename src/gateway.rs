@@ -18,6 +18,8 @@ pub struct Gateway {
     /// Ingest jobs being processed in this process (inline at an upload's close, or by the
     /// background run): the background run leaves them alone.
     pub ingest_in_flight: std::sync::Mutex<std::collections::HashSet<i64>>,
+    /// This process among the gateway processes sharing the database (random at start).
+    pub node: String,
 }
 
 impl Gateway {
@@ -28,6 +30,7 @@ impl Gateway {
             vault,
             guard,
             ingest_in_flight: Default::default(),
+            node: format!("{}-{:016x}", std::process::id(), rand::random::<u64>()),
         }
     }
 

@@ -60,9 +60,13 @@ async fn sample(gw: Arc<Gateway>) {
     loop {
         tick.tick().await;
         metrics::gauge!(SESSIONS).set(gw.guard.live_sessions() as f64);
-        let (addresses, users) = gw.guard.bans_in_force();
-        metrics::gauge!(BANS, "kind" => "address").set(addresses as f64);
-        metrics::gauge!(BANS, "kind" => "user").set(users as f64);
+        match gw.db.bans_in_force().await {
+            Ok((addresses, users)) => {
+                metrics::gauge!(BANS, "kind" => "address").set(addresses as f64);
+                metrics::gauge!(BANS, "kind" => "user").set(users as f64);
+            }
+            Err(e) => tracing::warn!("metrics: cannot count bans: {e:#}"),
+        }
         match gw.db.ingest_job_counts().await {
             Ok(counts) => {
                 for state in ["pending", "done"] {

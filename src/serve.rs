@@ -157,9 +157,20 @@ async fn shutdown_signal() {
 /// sessions: checked every two seconds.
 async fn end_disabled_sessions(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
+    let renew_every = (ssh::SESSION_STALE_AFTER.as_secs() / 3 / 2).max(1);
+    for n in 0u64.. {
         tick.tick().await;
         gw.guard.prune();
+        if n % renew_every == 0 {
+            // This process's sessions still count; old failure counts go.
+            let ban = Duration::from_secs(gw.config().limits.ban_seconds);
+            if let Err(e) = gw.db.renew_sessions(&gw.node).await {
+                tracing::warn!("cannot renew live sessions: {e:#}");
+            }
+            if let Err(e) = gw.db.prune_auth_failures(ban).await {
+                tracing::warn!("cannot prune failed logins: {e:#}");
+            }
+        }
         let ids = match gw.db.inactive_user_ids().await {
             Ok(ids) => ids,
             Err(e) => {

@@ -2,6 +2,7 @@
 //! implementation per backend. The backend is picked once, from the URL scheme, by [`open`].
 
 mod sql;
+mod sql_guard;
 mod sql_ingest;
 mod sql_mail;
 mod sql_reports;
@@ -438,6 +439,37 @@ pub trait Database: Send + Sync {
     async fn mail_counts(&self) -> anyhow::Result<MailCounts>;
     /// Ingest jobs per state (`pending`, `done`).
     async fn ingest_job_counts(&self) -> anyhow::Result<Vec<(String, i64)>>;
+
+    /// Counts a failed login for the address and the user name (one window of `ban` from the
+    /// first failure); the `limit`-th failure bans that address or user for `ban`. Returns
+    /// whether this failure started a ban.
+    async fn record_auth_failure(
+        &self,
+        address: &str,
+        username: &str,
+        limit: u32,
+        ban: std::time::Duration,
+    ) -> anyhow::Result<bool>;
+    /// Whether the address (or the user, when given) is banned now.
+    async fn auth_banned(&self, address: &str, username: Option<&str>) -> anyhow::Result<bool>;
+    /// A login succeeded: the user's failure count starts again (a ban stays).
+    async fn clear_auth_failures(&self, username: &str) -> anyhow::Result<()>;
+    /// Bans in force: (addresses, users).
+    async fn bans_in_force(&self) -> anyhow::Result<(i64, i64)>;
+    /// Forgets failure counts older than `older_than` that no ban keeps.
+    async fn prune_auth_failures(&self, older_than: std::time::Duration) -> anyhow::Result<()>;
+    /// Admits a session of `user_id` on `node` unless the user has `limit` live sessions on all
+    /// nodes (rows not renewed within `stale_after` no longer count); returns the session's id.
+    async fn open_session(
+        &self,
+        node: &str,
+        user_id: i64,
+        limit: u32,
+        stale_after: std::time::Duration,
+    ) -> anyhow::Result<Option<i64>>;
+    async fn close_session(&self, id: i64) -> anyhow::Result<()>;
+    /// Marks every session of `node` as still alive.
+    async fn renew_sessions(&self, node: &str) -> anyhow::Result<()>;
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.

@@ -943,6 +943,50 @@ impl Database for SqlDb {
         )
     }
 
+    async fn record_auth_failure(
+        &self,
+        address: &str,
+        username: &str,
+        limit: u32,
+        ban: Duration,
+    ) -> anyhow::Result<bool> {
+        super::sql_guard::record_auth_failure(self, address, username, limit, ban).await
+    }
+
+    async fn auth_banned(&self, address: &str, username: Option<&str>) -> anyhow::Result<bool> {
+        super::sql_guard::auth_banned(self, address, username).await
+    }
+
+    async fn clear_auth_failures(&self, username: &str) -> anyhow::Result<()> {
+        super::sql_guard::clear_auth_failures(self, username).await
+    }
+
+    async fn bans_in_force(&self) -> anyhow::Result<(i64, i64)> {
+        super::sql_guard::bans_in_force(self).await
+    }
+
+    async fn prune_auth_failures(&self, older_than: Duration) -> anyhow::Result<()> {
+        super::sql_guard::prune_auth_failures(self, older_than).await
+    }
+
+    async fn open_session(
+        &self,
+        node: &str,
+        user_id: i64,
+        limit: u32,
+        stale_after: Duration,
+    ) -> anyhow::Result<Option<i64>> {
+        super::sql_guard::open_session(self, node, user_id, limit, stale_after).await
+    }
+
+    async fn close_session(&self, id: i64) -> anyhow::Result<()> {
+        super::sql_guard::close_session(self, id).await
+    }
+
+    async fn renew_sessions(&self, node: &str) -> anyhow::Result<()> {
+        super::sql_guard::renew_sessions(self, node).await
+    }
+
     async fn audit_records(&self) -> anyhow::Result<(Vec<AuditRecord>, Option<(i64, String)>)> {
         let rows = sqlx::query(
             "SELECT seq, at, actor, org, address, action, outcome, detail, prev_hash, hash

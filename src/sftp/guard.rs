@@ -1,5 +1,7 @@
-//! Limits that protect the gateway from its peers: connection throttling per address, temporary
-//! bans after repeated failures (per address and per user), and live sessions per user.
+//! What protects the gateway within this process: connection throttling per address, and the
+//! live sessions of this process (to end them when their user is disabled). Failed logins, bans
+//! and the count of sessions per user are shared by every process through the database
+//! ([`crate::db::Database::record_auth_failure`], [`crate::db::Database::open_session`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -7,12 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
-
-#[derive(Default)]
-struct Failures {
-    count: u32,
-    first: Option<Instant>,
-}
+use crate::db::Db;
 
 struct Bucket {
     tokens: f64,
@@ -27,10 +24,6 @@ struct LiveSession {
 
 #[derive(Default)]
 struct State {
-    failures_by_addr: HashMap<IpAddr, Failures>,
-    failures_by_user: HashMap<String, Failures>,
-    banned_addr: HashMap<IpAddr, Instant>,
-    banned_user: HashMap<String, Instant>,
     buckets: HashMap<IpAddr, Bucket>,
     sessions: HashMap<u64, LiveSession>,
     next_session: u64,
@@ -41,10 +34,13 @@ pub struct Guard {
     state: Mutex<State>,
 }
 
-/// A live session counted against its user's limit; dropping it ends the count.
+/// A live session: counted in the database against its user's limit and known to this process;
+/// dropping it ends both.
 pub struct SessionTicket {
     guard: Arc<Guard>,
     id: u64,
+    db: Db,
+    db_id: i64,
 }
 
 impl SessionTicket {
@@ -59,6 +55,15 @@ impl SessionTicket {
 impl Drop for SessionTicket {
     fn drop(&mut self) {
         self.guard.lock().sessions.remove(&self.id);
+        let (db, id) = (self.db.clone(), self.db_id);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = db.close_session(id).await {
+                    // The row goes stale and stops counting once this node stops renewing it.
+                    tracing::warn!("cannot close session {id} in the database: {e:#}");
+                }
+            });
+        }
     }
 }
 
@@ -90,17 +95,10 @@ impl Guard {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ban_time(&self) -> Duration {
-        Duration::from_secs(self.limits().ban_seconds)
-    }
-
-    /// Admits a new TCP connection from `ip`, or refuses it (banned, or arriving too fast).
+    /// Admits a new TCP connection from `ip`, or refuses it (arriving too fast).
     pub fn admit_connection(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
-        if s.banned_addr.get(&ip).is_some_and(|until| *until > now) {
-            return false;
-        }
         let rate = f64::from(self.limits().connections_per_second);
         let b = s.buckets.entry(ip).or_insert(Bucket {
             tokens: rate * 2.0,
@@ -116,53 +114,9 @@ impl Guard {
         }
     }
 
-    pub fn is_banned(&self, ip: IpAddr, user: &str) -> bool {
-        let now = Instant::now();
-        let s = self.lock();
-        s.banned_addr.get(&ip).is_some_and(|u| *u > now)
-            || s.banned_user.get(user).is_some_and(|u| *u > now)
-    }
-
-    /// Counts a failed authentication; returns true when it starts a ban.
-    pub fn record_failure(&self, ip: IpAddr, user: &str) -> bool {
-        let now = Instant::now();
-        let window = self.ban_time();
-        let limit = self.limits().ban_after_failures;
+    /// A session the database admitted (row `db_id`), known here until the ticket is dropped.
+    pub fn register_session(self: &Arc<Self>, user_id: i64, db: Db, db_id: i64) -> SessionTicket {
         let mut s = self.lock();
-        let bump = |f: &mut Failures| {
-            if f.first.is_none_or(|t| now.duration_since(t) > window) {
-                *f = Failures {
-                    count: 0,
-                    first: Some(now),
-                };
-            }
-            f.count += 1;
-            f.count >= limit
-        };
-        let addr_ban = bump(s.failures_by_addr.entry(ip).or_default());
-        let user_ban = bump(s.failures_by_user.entry(user.to_string()).or_default());
-        if addr_ban {
-            s.banned_addr.insert(ip, now + window);
-            s.failures_by_addr.remove(&ip);
-        }
-        if user_ban {
-            s.banned_user.insert(user.to_string(), now + window);
-            s.failures_by_user.remove(user);
-        }
-        addr_ban || user_ban
-    }
-
-    pub fn record_success(&self, user: &str) {
-        self.lock().failures_by_user.remove(user);
-    }
-
-    /// Counts a new live session of `user_id`, unless the user is at the limit.
-    pub fn open_session(self: &Arc<Self>, user_id: i64) -> Option<SessionTicket> {
-        let mut s = self.lock();
-        let live = s.sessions.values().filter(|x| x.user_id == user_id).count();
-        if live >= self.limits().sessions_per_user as usize {
-            return None;
-        }
         s.next_session += 1;
         let id = s.next_session;
         s.sessions.insert(
@@ -172,20 +126,12 @@ impl Guard {
                 handle: None,
             },
         );
-        Some(SessionTicket {
+        SessionTicket {
             guard: self.clone(),
             id,
-        })
-    }
-
-    /// Bans in force: (addresses, users).
-    pub fn bans_in_force(&self) -> (usize, usize) {
-        let now = Instant::now();
-        let s = self.lock();
-        (
-            s.banned_addr.values().filter(|u| **u > now).count(),
-            s.banned_user.values().filter(|u| **u > now).count(),
-        )
+            db,
+            db_id,
+        }
     }
 
     pub fn live_sessions(&self) -> usize {
@@ -202,17 +148,11 @@ impl Guard {
             .collect()
     }
 
-    /// Forgets expired bans, stale failure counts and idle buckets (bounds memory under attack).
+    /// Forgets idle buckets (bounds memory under attack).
     pub fn prune(&self) {
         let now = Instant::now();
-        let window = self.ban_time();
-        let mut s = self.lock();
-        s.banned_addr.retain(|_, until| *until > now);
-        s.banned_user.retain(|_, until| *until > now);
-        let fresh = |f: &Failures| f.first.is_some_and(|t| now.duration_since(t) <= window);
-        s.failures_by_addr.retain(|_, f| fresh(f));
-        s.failures_by_user.retain(|_, f| fresh(f));
-        s.buckets
+        self.lock()
+            .buckets
             .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(10));
     }
 }
@@ -221,61 +161,12 @@ impl Guard {
 mod tests {
     use super::*;
 
-    fn limits() -> Limits {
-        Limits {
-            ban_after_failures: 3,
-            connections_per_second: 2,
-            ..Limits::default()
-        }
-    }
-
-    #[test]
-    fn bans_after_repeated_failures() {
-        let g = Guard::new(limits());
-        let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert!(!g.record_failure(ip, "alice"));
-        assert!(!g.record_failure(ip, "bob"));
-        assert!(!g.is_banned(ip, "carol"));
-        assert!(
-            g.record_failure(ip, "carol"),
-            "third failure from one address bans it"
-        );
-        assert!(g.is_banned(ip, "anyone"));
-        assert!(!g.admit_connection(ip));
-        let other: IpAddr = "127.0.0.10".parse().unwrap();
-        assert!(!g.is_banned(other, "alice"));
-    }
-
-    #[test]
-    fn bans_a_user_attacked_from_many_addresses() {
-        let g = Guard::new(limits());
-        for i in 1..=3u8 {
-            g.record_failure(IpAddr::from([127, 0, 1, i]), "alice");
-        }
-        assert!(g.is_banned(IpAddr::from([127, 0, 2, 1]), "alice"));
-        assert!(!g.is_banned(IpAddr::from([127, 0, 2, 1]), "bob"));
-    }
-
-    #[test]
-    fn limits_sessions_per_user() {
-        let g = Guard::new(Limits {
-            sessions_per_user: 2,
-            ..Limits::default()
-        });
-        let a = g.open_session(1).unwrap();
-        let _b = g.open_session(1).unwrap();
-        assert!(g.open_session(1).is_none());
-        assert!(g.open_session(2).is_some(), "other users are not affected");
-        drop(a);
-        assert!(
-            g.open_session(1).is_some(),
-            "a closed session frees its place"
-        );
-    }
-
     #[test]
     fn throttles_connection_bursts() {
-        let g = Guard::new(limits());
+        let g = Guard::new(Limits {
+            connections_per_second: 2,
+            ..Limits::default()
+        });
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let admitted = (0..10).filter(|_| g.admit_connection(ip)).count();
         assert_eq!(admitted, 4, "burst of twice the per-second rate");

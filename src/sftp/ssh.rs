@@ -30,6 +30,10 @@ use crate::vault::keys::Keys;
 /// that overruns it is disconnected.
 const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
 
+/// A live session row that its process has not renewed for this long no longer counts against
+/// the user's limit (the process stopped). Processes renew theirs three times as often.
+pub const SESSION_STALE_AFTER: Duration = Duration::from_secs(60);
+
 /// A valid argon2id hash of a random password: verified against when the user is unknown or has
 /// no password, so that every password attempt costs the same.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$0aG3Qb7BfEvvZ5CTP2zFi0PZx+nO/5W5m8Qq1Xk3Zl4";
@@ -115,7 +119,7 @@ pub async fn accept_loop(
             }
         };
         if !gw.guard.admit_connection(peer.ip()) {
-            tracing::debug!(address = %peer.ip(), "connection refused: banned or too frequent");
+            tracing::debug!(address = %peer.ip(), "connection refused: too frequent");
             drop(socket);
             continue;
         }
@@ -127,6 +131,18 @@ pub async fn accept_loop(
             Err(p) => p.into_inner().clone(),
         };
         tokio::spawn(async move {
+            // A banned address (on any gateway process) is not even greeted.
+            match gw.db.auth_banned(&peer.ip().to_string(), None).await {
+                Ok(false) => {}
+                Ok(true) => {
+                    tracing::debug!(address = %peer.ip(), "connection refused: banned");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(address = %peer.ip(), "connection refused: cannot check bans: {e:#}");
+                    return;
+                }
+            }
             let handler = Connection::new(gw, peer);
             match russh::server::run_stream(config, socket, handler).await {
                 Ok(session) => {
@@ -249,20 +265,40 @@ impl Connection {
                     .unwrap_or(false)
             }
         };
-        let banned = self.gw.guard.is_banned(ip, username);
+        let limits = self.gw.config().limits.clone();
+        let banned = self
+            .gw
+            .db
+            .auth_banned(&ip.to_string(), Some(username))
+            .await?;
         let outcome = match &user {
             _ if banned => Err("temporarily banned after repeated failures"),
             None => Err("unknown user"),
             Some(_) if !verified => Err("wrong credentials"),
             Some(u) if !u.active() => Err("account or organisation disabled"),
-            Some(u) => match self.gw.guard.open_session(u.user_id) {
-                Some(ticket) => Ok((u.clone(), ticket)),
+            Some(u) => match self
+                .gw
+                .db
+                .open_session(
+                    &self.gw.node,
+                    u.user_id,
+                    limits.sessions_per_user,
+                    SESSION_STALE_AFTER,
+                )
+                .await?
+            {
+                Some(id) => Ok((
+                    u.clone(),
+                    self.gw
+                        .guard
+                        .register_session(u.user_id, self.gw.db.clone(), id),
+                )),
                 None => Err("too many sessions for this user"),
             },
         };
         match outcome {
             Ok((u, ticket)) => {
-                self.gw.guard.record_success(username);
+                self.gw.db.clear_auth_failures(username).await?;
                 let principal = Principal {
                     user_id: u.user_id,
                     username: u.username.clone(),
@@ -281,7 +317,16 @@ impl Connection {
             }
             Err(reason) => {
                 self.failures += 1;
-                let newly_banned = self.gw.guard.record_failure(ip, username);
+                let newly_banned = self
+                    .gw
+                    .db
+                    .record_auth_failure(
+                        &ip.to_string(),
+                        username,
+                        limits.ban_after_failures,
+                        Duration::from_secs(limits.ban_seconds),
+                    )
+                    .await?;
                 metrics::counter!(crate::metrics::LOGIN_FAILURES).increment(1);
                 // One line per failure, with the address: what fail2ban reads.
                 tracing::warn!(
