@@ -16,8 +16,23 @@ pub struct Gateway {
     pub config: PathBuf,
     child: Option<Child>,
     extra_config: String,
+    /// The port `sftp` and `scp` connect to: this gateway's, or another node's ([`Gateway::talk_to`]).
+    client_port: std::sync::atomic::AtomicU16,
     /// The PostgreSQL database of this gateway (created for it, dropped with it), if any.
     pub postgres: Option<PgDatabase>,
+}
+
+/// A second `apgate serve` sharing a gateway's config, database, store and keys.
+pub struct Node {
+    pub port: u16,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 thread_local! {
@@ -223,12 +238,46 @@ impl Gateway {
             config,
             child: None,
             extra_config: extra_config.to_string(),
+            client_port: std::sync::atomic::AtomicU16::new(port),
             postgres,
         }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
+    }
+
+    /// Starts another node: the same config but its own port, logging to `serve-<port>.log`.
+    pub fn start_node(&self) -> Node {
+        let port = free_port();
+        let text = std::fs::read_to_string(&self.config)
+            .expect("config")
+            .replace(&format!("listen: 127.0.0.1:{}", self.port), &format!("listen: 127.0.0.1:{port}"));
+        let config = self.path(&format!("node-{port}.yaml"));
+        std::fs::write(&config, text).expect("node config");
+        let log = std::fs::File::create(self.path(&format!("serve-{port}.log"))).expect("log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("RUST_LOG", "info,apgate=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start apgate serve");
+        wait_until("the second node", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Node { port, child }
+    }
+
+    fn client_port(&self) -> u16 {
+        self.client_port.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Points the `sftp` and `scp` helpers at another node's port.
+    pub fn talk_to(&self, port: u16) {
+        self.client_port.store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn spawn(mut self) -> Gateway {
@@ -376,10 +425,15 @@ impl Gateway {
     }
 
     pub fn sftp_command(&self, user: &str, extra: &[&str]) -> Command {
+        self.sftp_command_to(self.client_port(), user, extra)
+    }
+
+    /// `sftp` to a given node's port.
+    pub fn sftp_command_to(&self, port: u16, user: &str, extra: &[&str]) -> Command {
         let mut c = Command::new("sftp");
         c.args(self.ssh_options())
             .arg("-P")
-            .arg(self.port.to_string())
+            .arg(port.to_string())
             .arg("-i")
             .arg(self.key_path(user))
             .args(extra)
@@ -412,7 +466,7 @@ impl Gateway {
         let out = Command::new("scp")
             .args(self.ssh_options())
             .arg("-P")
-            .arg(self.port.to_string())
+            .arg(self.client_port().to_string())
             .arg("-i")
             .arg(self.key_path(user))
             .args(args)
@@ -542,7 +596,7 @@ pub fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String,
             g.path("known_hosts").display()
         ))
         .arg("-P")
-        .arg(g.port.to_string())
+        .arg(g.client_port().to_string())
         .arg("-b")
         .arg(&batch)
         .arg(format!("{user}@127.0.0.1"))

@@ -1,0 +1,135 @@
+//! Several `apgate serve` processes on one database and one store, as behind a TCP load
+//! balancer: any node serves any file, every ingest file is applied once, every mail is sent
+//! once, the audit chain stays whole, and bans and session limits hold on every node.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use apgate::domain::identifiers::check_upn;
+use common::{Gateway, noise, wait_until};
+
+fn upn(n: u32) -> String {
+    let body = format!("801400{n:06}");
+    "ABCDEFGHJKLMNPQRTUVWXYZ"
+        .chars()
+        .map(|c| format!("{c}{body}"))
+        .find(|u| check_upn(u).is_ok())
+        .expect("one check letter fits")
+}
+
+crate::on_both_backends! {
+    fn two_nodes_behave_as_one_gateway() {
+        let g = Gateway::start_with(
+            "mail: { group_seconds: 1 }\n\
+             limits: { connections_per_second: 200, ban_after_failures: 4, ban_seconds: 600, sessions_per_user: 1 }",
+        );
+        let b = g.start_node();
+
+        // Uploaded through A, downloaded through B.
+        let data = noise(300_000, 11);
+        let plan = g.file("plan.pdf", &data);
+        g.sftp_ok("school-a-user", &format!("put {} /outbox/dsl/\n", plan.display()));
+        g.talk_to(b.port);
+        let got = g.path("got.pdf");
+        g.sftp_ok("cap-user", &format!("get /inbox/school-a/plan.pdf {}\n", got.display()));
+        assert_eq!(std::fs::read(&got).unwrap(), data);
+
+        // Registers through both nodes, several at once: each applied exactly once.
+        let threads: Vec<_> = (0..6u32)
+            .map(|i| {
+                let text = format!(
+                    "date,start,end,course,upn,surname,forename,status\n\
+                     2026-11-23,09:00,12:00,MV,{},T,S,present\n\
+                     2026-11-23,13:00,15:00,MV,{},T,S,late\n",
+                    upn(i),
+                    upn(i)
+                );
+                let f = g.file(&format!("reg-{i}.csv"), text.as_bytes());
+                let port = if i % 2 == 0 { g.port } else { b.port };
+                let user = if i < 3 { "prov-a-user" } else { "prov-b-user" };
+                (f, port, user)
+            })
+            .collect();
+        // One session per user at a time (the limit is 1): the two providers upload side by side.
+        std::thread::scope(|s| {
+            for user in ["prov-a-user", "prov-b-user"] {
+                let mine: Vec<_> = threads.iter().filter(|t| t.2 == user).collect();
+                let g = &g;
+                s.spawn(move || {
+                    for (f, port, user) in mine {
+                        let mut c = g.sftp_command_to(*port, user, &["-b", "-"]);
+                        let mut child = c
+                            .stdin(std::process::Stdio::piped())
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::piped())
+                            .spawn()
+                            .unwrap();
+                        child
+                            .stdin
+                            .take()
+                            .unwrap()
+                            .write_all(format!("put {} /registers/\n", f.display()).as_bytes())
+                            .unwrap();
+                        let out = child.wait_with_output().unwrap();
+                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                    }
+                });
+            }
+        });
+        wait_until("every register applied", Duration::from_secs(30), || {
+            g.sql("SELECT COUNT(*) FROM ingest_jobs WHERE state = 'pending'").trim() == "0"
+        });
+        assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "12");
+        assert_eq!(g.sql("SELECT COUNT(*) FROM receipts").trim(), "6");
+
+        // Mail: both nodes run a sender; each message goes out once.
+        wait_until("the mail sent", Duration::from_secs(30), || {
+            g.sql("SELECT COUNT(*) FROM mail WHERE state <> 'sent'").trim() == "0"
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let sent: usize = g.sql("SELECT COUNT(*) FROM mail").trim().parse().unwrap();
+        let files = common::walk(&g.path("data/mail"));
+        assert!(sent >= 1);
+        assert_eq!(files.len(), sent, "one .eml per message: {files:?}");
+
+        // The audit chain written by both processes at once is whole.
+        let verify = g.cli(&["audit", "verify"]);
+        assert!(verify.ok, "{}", verify.all());
+
+        // Sessions per user count across nodes: one open on A, a second refused on B.
+        g.talk_to(g.port);
+        let mut held = g
+            .sftp_command("school-b-user", &[])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        held.stdin.as_mut().unwrap().write_all(b"pwd\n").unwrap();
+        wait_until("the held session", Duration::from_secs(10), || {
+            g.sql("SELECT COUNT(*) FROM live_sessions").trim() == "1"
+        });
+        g.talk_to(b.port);
+        let second = g.sftp("school-b-user", "pwd\n");
+        assert!(!second.ok, "a second session on the other node is refused");
+        drop(held.stdin.take());
+        assert!(held.wait_with_output().unwrap().status.success());
+        wait_until("the session closed", Duration::from_secs(10), || {
+            g.sql("SELECT COUNT(*) FROM live_sessions").trim() == "0"
+        });
+        assert!(g.sftp("school-b-user", "pwd\n").ok, "the place is free again");
+
+        // Failed logins on A ban the address on B too.
+        g.talk_to(g.port);
+        for _ in 0..4 {
+            let (ok, _, _) = common::password_login(&g, "nobody", "guess");
+            assert!(!ok);
+        }
+        g.talk_to(b.port);
+        let refused = g.sftp("school-a-user", "pwd\n");
+        assert!(!refused.ok, "banned on every node");
+        assert_eq!(g.sql("SELECT COUNT(*) FROM auth_failures WHERE banned_until IS NOT NULL AND kind = 'address'").trim(), "1");
+    }
+}
