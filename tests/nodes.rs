@@ -133,3 +133,91 @@ crate::on_both_backends! {
         assert_eq!(g.sql("SELECT COUNT(*) FROM auth_failures WHERE banned_until IS NOT NULL AND kind = 'address'").trim(), "1");
     }
 }
+
+/// Where a `postgres://` URL points: (URL up to the host, host port, the rest).
+fn split_pg_url(url: &str) -> (String, u16, String) {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..host_end];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let hostport = &authority[host_start..];
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(5432)),
+        None => (hostport, 5432),
+    };
+    (
+        format!("{}{}{host}", &url[..scheme_end], &authority[..host_start]),
+        port,
+        rest[host_end..].to_string(),
+    )
+}
+
+/// PostgreSQL goes away while a user is connected: the upload fails with an error and leaves
+/// nothing; when the database is back, the same gateway works again without a restart.
+#[test]
+fn a_database_that_goes_away_fails_uploads_cleanly_and_recovers() {
+    if std::env::var("APGATE_TEST_DATABASE_URL").is_err() {
+        return common::on_postgres(|| {});
+    }
+    let pg = common::PgDatabase::create();
+    let (head, port, tail) = split_pg_url(&pg.url);
+    let mut relay = common::TcpRelay::start(port);
+    let mut g = Gateway::start_with(&format!(
+        "database: {{ url: \"{head}:{}{tail}\" }}",
+        relay.port
+    ));
+    g.postgres = Some(pg);
+    let f = g.file("a.pdf", b"first");
+    g.sftp_ok(
+        "school-a-user",
+        &format!("put {} /outbox/coordinator/\n", f.display()),
+    );
+    let blobs = g.stored_blobs().len();
+
+    // Logged in before the database goes away; the upload is tried after.
+    let mut session = g
+        .sftp_command("school-a-user", &["-b", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = session.stdin.take().unwrap();
+    stdin.write_all(b"pwd\n").unwrap();
+    wait_until("the session", Duration::from_secs(10), || {
+        g.sql("SELECT COUNT(*) FROM live_sessions").trim() == "1"
+    });
+    relay.down();
+    let second = g.file("b.pdf", b"second");
+    stdin
+        .write_all(format!("put {} /outbox/coordinator/\n", second.display()).as_bytes())
+        .unwrap();
+    drop(stdin);
+    let out = session.wait_with_output().unwrap();
+    assert!(
+        !out.status.success(),
+        "the upload fails while the database is away"
+    );
+    assert_eq!(g.stored_blobs().len(), blobs, "nothing half-stored");
+    assert!(
+        common::walk(&g.path("data/spool")).is_empty(),
+        "nothing left in the spool"
+    );
+
+    relay.up();
+    let third = g.file("c.pdf", b"third");
+    wait_until("the gateway to recover", Duration::from_secs(60), || {
+        g.sftp(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/\n", third.display()),
+        )
+        .ok
+    });
+    assert_eq!(
+        g.sql("SELECT name FROM uploads ORDER BY id"),
+        "a.pdf\nc.pdf\n",
+        "the failed upload left no record"
+    );
+    assert!(g.cli(&["audit", "verify"]).ok);
+}

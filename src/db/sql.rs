@@ -65,6 +65,36 @@ const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FU
     PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 30000; PRAGMA cache_size = -65536;
     PRAGMA mmap_size = 268435456; PRAGMA temp_store = MEMORY;";
 
+/// Connects once, retrying a few times with back-off, so that a server that is not up yet gets a
+/// moment and one that is unreachable gives its own error (not a pool timeout). Under systemd
+/// the unit's restart policy retries further.
+async fn reach(opts: &AnyConnectOptions, url: &str) -> anyhow::Result<()> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut delay = Duration::from_millis(500);
+    for attempt in 1.. {
+        match opts.connect().await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            Err(e) if attempt < 4 => {
+                tracing::warn!(
+                    "database {} not reachable (attempt {attempt}): {e}; retrying in {delay:?}",
+                    redact_url(url)
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot connect to the database {}", redact_url(url))
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SqlDb {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
@@ -95,6 +125,9 @@ impl SqlDb {
         }
         let opts = AnyConnectOptions::from_str(&url)
             .with_context(|| format!("database url `{}`", redact_url(&url)))?;
+        if backend == Backend::Postgres {
+            reach(&opts, &url).await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(30))

@@ -101,7 +101,11 @@ pub(super) async fn bans_in_force(db: &SqlDb) -> anyhow::Result<(i64, i64)> {
     .bind(now_text())
     .fetch_all(&db.pool)
     .await?;
-    let count = |k: &str| rows.iter().find(|(kind, _)| kind == k).map_or(0, |(_, n)| *n);
+    let count = |k: &str| {
+        rows.iter()
+            .find(|(kind, _)| kind == k)
+            .map_or(0, |(_, n)| *n)
+    };
     Ok((count("address"), count("user")))
 }
 
@@ -180,11 +184,21 @@ mod tests {
     #[tokio::test]
     async fn an_address_is_banned_after_repeated_failures() {
         let (_d, db) = db().await;
-        assert!(!db.record_auth_failure("127.0.0.9", "alice", 3, BAN).await.unwrap());
-        assert!(!db.record_auth_failure("127.0.0.9", "bob", 3, BAN).await.unwrap());
+        assert!(
+            !db.record_auth_failure("127.0.0.9", "alice", 3, BAN)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !db.record_auth_failure("127.0.0.9", "bob", 3, BAN)
+                .await
+                .unwrap()
+        );
         assert!(!db.auth_banned("127.0.0.9", Some("carol")).await.unwrap());
         assert!(
-            db.record_auth_failure("127.0.0.9", "carol", 3, BAN).await.unwrap(),
+            db.record_auth_failure("127.0.0.9", "carol", 3, BAN)
+                .await
+                .unwrap(),
             "the third failure from one address bans it"
         );
         assert!(db.auth_banned("127.0.0.9", Some("anyone")).await.unwrap());
@@ -208,10 +222,18 @@ mod tests {
     #[tokio::test]
     async fn a_success_clears_the_users_count_but_not_a_ban() {
         let (_d, db) = db().await;
-        db.record_auth_failure("127.0.3.1", "alice", 3, BAN).await.unwrap();
-        db.record_auth_failure("127.0.3.2", "alice", 3, BAN).await.unwrap();
+        db.record_auth_failure("127.0.3.1", "alice", 3, BAN)
+            .await
+            .unwrap();
+        db.record_auth_failure("127.0.3.2", "alice", 3, BAN)
+            .await
+            .unwrap();
         db.clear_auth_failures("alice").await.unwrap();
-        assert!(!db.record_auth_failure("127.0.3.3", "alice", 3, BAN).await.unwrap());
+        assert!(
+            !db.record_auth_failure("127.0.3.3", "alice", 3, BAN)
+                .await
+                .unwrap()
+        );
         assert!(!db.auth_banned("127.0.4.1", Some("alice")).await.unwrap());
     }
 
@@ -248,12 +270,29 @@ mod tests {
             .await
             .unwrap();
         let fresh = Duration::from_secs(60);
-        let a = db.open_session("node-a", uid, 2, fresh).await.unwrap().unwrap();
-        assert!(db.open_session("node-b", uid, 2, fresh).await.unwrap().is_some());
-        assert!(db.open_session("node-b", uid, 2, fresh).await.unwrap().is_none());
+        let a = db
+            .open_session("node-a", uid, 2, fresh)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            db.open_session("node-b", uid, 2, fresh)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            db.open_session("node-b", uid, 2, fresh)
+                .await
+                .unwrap()
+                .is_none()
+        );
         db.close_session(a).await.unwrap();
         assert!(
-            db.open_session("node-a", uid, 2, fresh).await.unwrap().is_some(),
+            db.open_session("node-a", uid, 2, fresh)
+                .await
+                .unwrap()
+                .is_some(),
             "a closed session frees its place"
         );
         // Rows a stopped node no longer renews stop counting.

@@ -949,7 +949,7 @@ impl SftpSession {
             (!reorder.is_empty()).then(|| "the file has a gap; send it again".to_string())
         });
         if let Some(msg) = failed {
-            drop(writer);
+            writer.abort().await;
             self.audit_aborted(&folder, &name, &msg).await;
             return Err(FsError::Failure(msg));
         }
@@ -1223,7 +1223,7 @@ impl SftpSession {
                     writer,
                     ..
                 } = *up;
-                drop(writer);
+                writer.abort().await;
                 self.audit_aborted(
                     &folder,
                     &name,

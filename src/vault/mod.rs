@@ -57,6 +57,14 @@ impl UploadWriter {
         Ok(())
     }
 
+    /// Discards the upload and returns once its spool file is gone.
+    pub async fn abort(self) {
+        let UploadWriter { tx, done } = self;
+        drop(tx);
+        // The thread removes the file before it reports.
+        let _ = done.await;
+    }
+
     pub async fn finish(self) -> io::Result<SealedBlob> {
         let _ = self.tx.send(Chunk::Finish).await;
         self.done

@@ -84,7 +84,7 @@ pub struct PgDatabase {
 }
 
 impl PgDatabase {
-    fn create() -> PgDatabase {
+    pub fn create() -> PgDatabase {
         let admin_url =
             std::env::var("APGATE_TEST_DATABASE_URL").expect("APGATE_TEST_DATABASE_URL");
         let name = format!("apgate_t_{}", rand_suffix().replace('-', "_"));
@@ -223,7 +223,8 @@ impl Gateway {
         } else {
             "limits: { connections_per_second: 200, ban_after_failures: 50 }\n"
         };
-        let postgres = ON_POSTGRES.with(|p| p.get()).then(PgDatabase::create);
+        let postgres = (ON_POSTGRES.with(|p| p.get()) && !extra_config.contains("database:"))
+            .then(PgDatabase::create);
         let database = match &postgres {
             Some(pg) => format!("database: {{ url: \"{}\" }}\n", pg.url),
             None => String::new(),
@@ -252,7 +253,10 @@ impl Gateway {
         let port = free_port();
         let text = std::fs::read_to_string(&self.config)
             .expect("config")
-            .replace(&format!("listen: 127.0.0.1:{}", self.port), &format!("listen: 127.0.0.1:{port}"));
+            .replace(
+                &format!("listen: 127.0.0.1:{}", self.port),
+                &format!("listen: 127.0.0.1:{port}"),
+            );
         let config = self.path(&format!("node-{port}.yaml"));
         std::fs::write(&config, text).expect("node config");
         let log = std::fs::File::create(self.path(&format!("serve-{port}.log"))).expect("log");
@@ -277,7 +281,8 @@ impl Gateway {
 
     /// Points the `sftp` and `scp` helpers at another node's port.
     pub fn talk_to(&self, port: u16) {
-        self.client_port.store(port, std::sync::atomic::Ordering::Relaxed);
+        self.client_port
+            .store(port, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn spawn(mut self) -> Gateway {
@@ -708,6 +713,82 @@ print(json.dumps(out))
 }
 
 impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+/// A TCP relay on 127.0.0.1 to another local port that can be cut and restored, to take a
+/// server away from the gateway and give it back.
+pub struct TcpRelay {
+    pub port: u16,
+    target: u16,
+    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    streams: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpRelay {
+    pub fn start(target: u16) -> TcpRelay {
+        let mut r = TcpRelay {
+            port: free_port(),
+            target,
+            running: Default::default(),
+            streams: Default::default(),
+        };
+        r.up();
+        r
+    }
+
+    pub fn up(&mut self) {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", self.port)).expect("relay port");
+        self.running.store(true, Ordering::SeqCst);
+        let (running, streams, target) = (self.running.clone(), self.streams.clone(), self.target);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if !running.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(client) = client else { continue };
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let (Ok(c), Ok(mut list)) = (s.try_clone(), streams.lock()) {
+                        list.push(c);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+
+    /// Closes every relayed connection and refuses new ones until [`TcpRelay::up`].
+    pub fn down(&mut self) {
+        use std::sync::atomic::Ordering;
+        self.running.store(false, Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag and drops the listener.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Ok(mut list) = self.streams.lock() {
+            for s in list.drain(..) {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        wait_until("the relay to close", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        });
+    }
+}
+
+impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.down();
     }
