@@ -9,7 +9,11 @@
    `sftp`; the latency from the commit of each upload to its receipt is read from the database
    (both timestamps are written by the gateway). Prints p50/p99 (target p99 < 1 s).
 
-    python3 bench/ingest.py [--rows 1000000] [--files 100]
+    python3 bench/ingest.py [--rows 1000000] [--files 100] [--postgres URL]
+
+With --postgres (a URL of a server where the benchmark may create and drop databases), the
+ingest is also measured with `database.url` on PostgreSQL, beside PostgreSQL's own `COPY` of the
+same CSV into a bare table of a fresh database (its ceiling).
 """
 
 import argparse
@@ -76,10 +80,56 @@ def gateway(work, binary, name, extra=""):
     return d, config, port, key
 
 
+def psql(url, sql, stdin=None):
+    subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                   stdout=subprocess.DEVNULL, stdin=stdin)
+
+
+def db_url(admin_url, name):
+    head, _, _ = admin_url.rpartition("/")
+    return f"{head}/{name}"
+
+
+def ingest(binary, config, csv_path):
+    t = time.monotonic()
+    r = subprocess.run([binary, "--config", config, "ingest", csv_path, "--org", "prov-a", "--kind", "register"],
+                       capture_output=True, text=True)
+    seconds = time.monotonic() - t
+    if r.returncode != 0:
+        sys.exit(f"apgate ingest failed: {r.stderr}")
+    accepted = next((line for line in r.stdout.splitlines() if line.startswith("Result:")), "").strip()
+    return seconds, accepted
+
+
+def postgres_run(admin_url, work, binary, csv_path, rows):
+    names = [f"apgate_bench_bare_{os.getpid()}", f"apgate_bench_{os.getpid()}"]
+    for n in names:
+        psql(admin_url, f"DROP DATABASE IF EXISTS {n}")
+        psql(admin_url, f"CREATE DATABASE {n}")
+    try:
+        bare = db_url(admin_url, names[0])
+        psql(bare, "CREATE TABLE marks (date text, start text, end_time text, course text, upn text, "
+                   "surname text, forename text, status text, contribution text, dfe_code text, note text)")
+        t = time.monotonic()
+        with open(csv_path) as f:
+            psql(bare, "\\copy marks FROM STDIN WITH (FORMAT csv, HEADER)", stdin=f)
+        copy_s = time.monotonic() - t
+        _, config, _, _ = gateway(work, binary, "apgate-postgres",
+                                  f'database: {{ url: "{db_url(admin_url, names[1])}" }}\n')
+        apgate_s, accepted = ingest(binary, config, csv_path)
+        print(f"PostgreSQL COPY (bare table):       {copy_s:7.2f} s  {rows / copy_s:10.0f} rows/s")
+        print(f"apgate ingest on PostgreSQL:        {apgate_s:7.2f} s  {rows / apgate_s:10.0f} rows/s  "
+              f"ratio {copy_s / apgate_s:.2f}   [{accepted}]")
+    finally:
+        for n in names:
+            psql(admin_url, f"DROP DATABASE IF EXISTS {n} WITH (FORCE)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--files", type=int, default=100)
+    ap.add_argument("--postgres", metavar="URL", help="also measure on this PostgreSQL server")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
     binary = os.path.join(REPO, "target", "release", "apgate")
@@ -96,17 +146,13 @@ def main():
         sqlite_s = time.monotonic() - t
 
         d, config, _, _ = gateway(work, binary, "apgate")
-        t = time.monotonic()
-        r = subprocess.run([binary, "--config", config, "ingest", csv_path, "--org", "prov-a", "--kind", "register"],
-                           capture_output=True, text=True)
-        apgate_s = time.monotonic() - t
-        if r.returncode != 0:
-            sys.exit(f"apgate ingest failed: {r.stderr}")
-        accepted = next((line for line in r.stdout.splitlines() if line.startswith("Result:")), "").strip()
+        apgate_s, accepted = ingest(binary, config, csv_path)
         print(f"register CSV: {args.rows} rows, {size_mb:.0f} MB")
         print(f"sqlite3 .import (bare table):      {sqlite_s:7.2f} s  {args.rows / sqlite_s:10.0f} rows/s")
         print(f"apgate ingest (validated, applied): {apgate_s:7.2f} s  {args.rows / apgate_s:10.0f} rows/s  "
               f"ratio {sqlite_s / apgate_s:.2f}   [{accepted}]")
+        if args.postgres:
+            postgres_run(args.postgres, work, binary, csv_path, args.rows)
 
         # Upload-close to receipt latency through the real server.
         d, config, port, key = gateway(work, binary, "latency")

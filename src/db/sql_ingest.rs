@@ -349,6 +349,15 @@ async fn apply_register(
         }
         q.execute(&mut *conn).await?;
     }
+    // Every staged mark names a learner that exists (checked here as a set; see the PostgreSQL
+    // migration 0006).
+    let orphans: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM staging_marks s WHERE s.learner_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM learners l WHERE l.id = s.learner_id)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    anyhow::ensure!(orphans == 0, "{orphans} staged marks name no learner");
     // The version each lesson's current mark has now, if the provider has any in these dates.
     let (first_day, last_day) = valid
         .iter()
