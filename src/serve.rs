@@ -61,6 +61,10 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> a
     notify_systemd("STOPPING=1");
     tracing::info!("shutting down");
     accept.abort();
+    // Sessions of this process stop counting against their users' limits at once.
+    if let Err(e) = gw.db.end_node_sessions(&gw.node).await {
+        tracing::warn!("cannot forget this process's sessions: {e:#}");
+    }
     Ok(())
 }
 

@@ -470,6 +470,8 @@ pub trait Database: Send + Sync {
     async fn close_session(&self, id: i64) -> anyhow::Result<()>;
     /// Marks every session of `node` as still alive.
     async fn renew_sessions(&self, node: &str) -> anyhow::Result<()>;
+    /// Forgets every session of `node` (it is shutting down).
+    async fn end_node_sessions(&self, node: &str) -> anyhow::Result<()>;
 
     async fn audit(&self, entry: &AuditEntry) -> anyhow::Result<()>;
     /// All audit records in order and the head record.

@@ -1020,6 +1020,10 @@ impl Database for SqlDb {
         super::sql_guard::renew_sessions(self, node).await
     }
 
+    async fn end_node_sessions(&self, node: &str) -> anyhow::Result<()> {
+        super::sql_guard::end_node_sessions(self, node).await
+    }
+
     async fn audit_records(&self) -> anyhow::Result<(Vec<AuditRecord>, Option<(i64, String)>)> {
         let rows = sqlx::query(
             "SELECT seq, at, actor, org, address, action, outcome, detail, prev_hash, hash

@@ -168,6 +168,14 @@ pub(super) async fn renew_sessions(db: &SqlDb, node: &str) -> anyhow::Result<()>
     Ok(())
 }
 
+pub(super) async fn end_node_sessions(db: &SqlDb, node: &str) -> anyhow::Result<()> {
+    sqlx::query("DELETE FROM live_sessions WHERE node = $1")
+        .bind(node)
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -269,7 +269,7 @@ impl Connection {
         let banned = self
             .gw
             .db
-            .auth_banned(&ip.to_string(), Some(username))
+            .auth_banned(&ip.to_string(), Some(&sanitize(username)))
             .await?;
         let outcome = match &user {
             _ if banned => Err("temporarily banned after repeated failures"),
@@ -298,7 +298,7 @@ impl Connection {
         };
         match outcome {
             Ok((u, ticket)) => {
-                self.gw.db.clear_auth_failures(username).await?;
+                self.gw.db.clear_auth_failures(&sanitize(username)).await?;
                 let principal = Principal {
                     user_id: u.user_id,
                     username: u.username.clone(),
@@ -322,7 +322,7 @@ impl Connection {
                     .db
                     .record_auth_failure(
                         &ip.to_string(),
-                        username,
+                        &sanitize(username),
                         limits.ban_after_failures,
                         Duration::from_secs(limits.ban_seconds),
                     )
