@@ -95,6 +95,8 @@ pub struct SmtpConfig {
     pub tls: SmtpTls,
     pub username: String,
     pub password: String,
+    /// A PEM certificate to trust besides the system's (a relay with a private CA).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -105,6 +107,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("tls", &self.tls)
             .field("username", &self.username)
             .field("password", &"***")
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -207,6 +210,7 @@ impl Default for SmtpConfig {
             tls: SmtpTls::None,
             username: String::new(),
             password: String::new(),
+            ca_file: None,
         }
     }
 }
@@ -329,6 +333,9 @@ impl Config {
         abs(&mut self.data_dir);
         abs(&mut self.keys_dir);
         abs(&mut self.mail.dir);
+        if let Some(ca) = &mut self.mail.smtp.ca_file {
+            abs(ca);
+        }
         for d in &mut self.drop_dirs {
             abs(&mut d.path);
         }
@@ -434,6 +441,14 @@ impl Config {
         }
         if self.mail.max_attempts == 0 {
             problem("mail.max_attempts", "must be at least 1".into());
+        }
+        if let Some(ca) = &self.mail.smtp.ca_file
+            && !ca.is_file()
+        {
+            problem(
+                "mail.smtp.ca_file",
+                format!("{} is not a readable file", ca.display()),
+            );
         }
         if self.mail.transport == MailTransport::Smtp && self.mail.smtp.host.is_empty() {
             problem(

@@ -373,4 +373,35 @@ crate::on_both_backends! {
             r.all()
         );
     }
+
+    /// STARTTLS and implicit TLS to a relay whose certificate a private CA signed
+    /// (`mail.smtp.ca_file`); without that CA the certificate is refused and nothing is sent.
+    fn tls_modes_deliver_to_a_relay_with_a_private_ca() {
+        let certs = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = common::private_ca_and_server_cert(certs.path());
+        let (cert, key) = (cert.display().to_string(), key.display().to_string());
+        for (mode, args) in [
+            ("starttls", ["--tlscert", cert.as_str(), "--tlskey", key.as_str()]),
+            ("tls", ["--smtpscert", cert.as_str(), "--smtpskey", key.as_str()]),
+        ] {
+            let smtp = SmtpServer::start_with(free_port(), &args);
+            let g = Gateway::start_with(&format!(
+                "mail: {{ transport: smtp, smtp: {{ host: 127.0.0.1, port: {}, tls: {mode}, ca_file: \"{}\" }} }}",
+                smtp.port,
+                ca.display()
+            ));
+            put(&g, "school-a-user", "x.pdf", "x", "/outbox/dsl");
+            let mail = wait_for_count(&smtp, 1, mode);
+            assert_eq!(mail.len(), 1, "{mode}");
+            assert!(mail[0].subject.starts_with("URGENT"), "{mode}");
+        }
+        // The system's CAs alone do not know this one: refused, kept for a retry, not sent.
+        let smtp = SmtpServer::start_with(free_port(), &["--tlscert", &cert, "--tlskey", &key]);
+        let g = Gateway::start_with(&smtp_config(smtp.port, "").replace("tls: none", "tls: starttls"));
+        put(&g, "school-a-user", "x.pdf", "x", "/outbox/dsl");
+        wait_until("a refused attempt", Duration::from_secs(30), || {
+            g.sql("SELECT COUNT(*) FROM mail WHERE attempts >= 1 AND state = 'pending'").trim() == "1"
+        });
+        assert!(smtp.messages().is_empty());
+    }
 }

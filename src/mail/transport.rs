@@ -7,6 +7,7 @@ use anyhow::Context;
 use lettre::message::header::{ContentType, Header, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, Message};
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use crate::config::{MailConfig, MailTransport, SmtpTls};
@@ -27,20 +28,16 @@ impl Transport {
             }
             MailTransport::Smtp => {
                 let smtp = &mail.smtp;
-                let builder = match smtp.tls {
-                    SmtpTls::None => {
-                        AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
-                    }
-                    SmtpTls::Starttls => {
-                        AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&smtp.host)
-                            .context("key `mail.smtp`: cannot set up STARTTLS")?
-                    }
-                    SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&smtp.host)
-                        .context("key `mail.smtp`: cannot set up TLS")?,
+                let tls = match smtp.tls {
+                    SmtpTls::None => Tls::None,
+                    SmtpTls::Starttls => Tls::Required(tls_parameters(mail)?),
+                    SmtpTls::Tls => Tls::Wrapper(tls_parameters(mail)?),
                 };
-                let mut builder = builder
-                    .port(smtp.port)
-                    .timeout(Some(Duration::from_secs(20)));
+                let mut builder =
+                    AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+                        .tls(tls)
+                        .port(smtp.port)
+                        .timeout(Some(Duration::from_secs(20)));
                 if !smtp.username.is_empty() {
                     builder = builder.credentials(Credentials::new(
                         smtp.username.clone(),
@@ -65,6 +62,26 @@ impl Transport {
         }
         Ok(())
     }
+}
+
+/// The server's certificate must be valid for `mail.smtp.host` and signed by a CA the system
+/// trusts, or by `mail.smtp.ca_file`.
+fn tls_parameters(mail: &MailConfig) -> anyhow::Result<TlsParameters> {
+    let mut builder = TlsParameters::builder(mail.smtp.host.clone());
+    if let Some(ca) = &mail.smtp.ca_file {
+        let pem = std::fs::read(ca)
+            .with_context(|| format!("key `mail.smtp.ca_file`: cannot read {}", ca.display()))?;
+        let cert = Certificate::from_pem(&pem).with_context(|| {
+            format!(
+                "key `mail.smtp.ca_file`: {} is not a PEM certificate",
+                ca.display()
+            )
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .context("key `mail.smtp`: cannot set up TLS")
 }
 
 /// Builds the message; an address that does not parse is an error naming it.

@@ -624,6 +624,7 @@ pub struct SmtpServer {
     pub port: u16,
     maildir: tempfile::TempDir,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 /// One received message, decoded by Python's `email` package.
@@ -639,6 +640,12 @@ pub struct Mail {
 
 impl SmtpServer {
     pub fn start(port: u16) -> SmtpServer {
+        Self::start_with(port, &[])
+    }
+
+    /// With more `aiosmtpd` options (`--tlscert`/`--tlskey` for STARTTLS, `--smtpscert`/
+    /// `--smtpskey` for implicit TLS).
+    pub fn start_with(port: u16, args: &[&str]) -> SmtpServer {
         let maildir = tempfile::Builder::new()
             .prefix("apgate-smtp-")
             .tempdir()
@@ -647,6 +654,7 @@ impl SmtpServer {
             port,
             maildir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         s.up();
         s
@@ -657,6 +665,7 @@ impl SmtpServer {
         let child = Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.args)
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(self.maildir.path().join("box"))
             .stdout(Stdio::null())
@@ -792,4 +801,75 @@ impl Drop for TcpRelay {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// A private CA and a server certificate it signed for 127.0.0.1, made with the `openssl` CLI:
+/// (CA certificate, server certificate, server key).
+pub fn private_ca_and_server_cert(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=apgate test CA",
+        "-days",
+        "2",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext file");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
 }
