@@ -194,9 +194,108 @@ fn accepted<'a, T>(rows: &'a [RowResult<T>], report: &mut ApplyReport) -> Vec<(u
     ok
 }
 
-/// Rows per multi-row INSERT into the staging table (17 values each; SQLite allows 32766
-/// parameters, PostgreSQL 65535).
+/// Rows per multi-row INSERT into the staging table (14 parameters each; SQLite allows 32766).
 const STAGING_ROWS: usize = 1000;
+/// Rows per INSERT from one JSON array parameter (PostgreSQL).
+const STAGING_JSON_ROWS: usize = 20_000;
+
+/// One accepted register row as it goes into the staging table.
+struct StagedMark<'a> {
+    row: i64,
+    date: String,
+    mark: &'a RegisterRow,
+    rank: i64,
+    last: i64,
+    learner_id: Option<i64>,
+}
+
+const STAGING_COLUMNS: &str = "row_number, date, start, end_time, course, status, contribution,
+    grp, location, dfe_code, note, rk, last, learner_id";
+
+/// SQLite: multi-row INSERTs with `?` parameters (measured fastest there).
+async fn stage_with_parameters(
+    conn: &mut AnyConnection,
+    staged: &[StagedMark<'_>],
+) -> anyhow::Result<()> {
+    for chunk in staged.chunks(STAGING_ROWS) {
+        let mut sql = format!("INSERT INTO staging_marks ({STAGING_COLUMNS}) VALUES ");
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            sql.push_str("?,?,?,?,?,?,?,?,?,?,?,?,?,?)");
+        }
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            let r = s.mark;
+            q = q
+                .bind(s.row)
+                .bind(s.date.as_str())
+                .bind(&r.start)
+                .bind(&r.end)
+                .bind(&r.course)
+                .bind(r.status.as_str())
+                .bind(i64::from(r.contribution))
+                .bind(&r.group)
+                .bind(&r.location)
+                .bind(&r.dfe_code)
+                .bind(&r.note)
+                .bind(s.rank)
+                .bind(s.last)
+                .bind(s.learner_id);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// PostgreSQL: each chunk travels as one JSON array parameter unpacked by the server (measured:
+/// 13.75 s → 10.96 s for 1,000,000 rows; on SQLite the same was slower than parameters).
+async fn stage_as_json(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    staged: &[StagedMark<'_>],
+) -> anyhow::Result<()> {
+    let insert = format!(
+        "INSERT INTO staging_marks ({STAGING_COLUMNS})
+         SELECT CAST(value ->> 0 AS BIGINT), value ->> 1, value ->> 2, value ->> 3, value ->> 4,
+            value ->> 5, CAST(value ->> 6 AS BIGINT), value ->> 7, value ->> 8, value ->> 9,
+            value ->> 10, CAST(value ->> 11 AS BIGINT), CAST(value ->> 12 AS BIGINT),
+            CAST(value ->> 13 AS BIGINT)
+         FROM {}",
+        backend.json_array_rows(1)
+    );
+    let mut json = Vec::new();
+    for chunk in staged.chunks(STAGING_JSON_ROWS) {
+        json.clear();
+        let rows: Vec<_> = chunk
+            .iter()
+            .map(|s| {
+                let r = s.mark;
+                (
+                    s.row,
+                    &s.date,
+                    &r.start,
+                    &r.end,
+                    &r.course,
+                    r.status.as_str(),
+                    i64::from(r.contribution),
+                    &r.group,
+                    &r.location,
+                    &r.dfe_code,
+                    &r.note,
+                    s.rank,
+                    s.last,
+                    s.learner_id,
+                )
+            })
+            .collect();
+        serde_json::to_writer(&mut json, &rows)?;
+        sqlx::query(&insert)
+            .bind(std::str::from_utf8(&json)?)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
 
 /// The learner id of every UPN in a register, creating (and flagging for the hub) the unknown
 /// ones from their first row.
@@ -283,8 +382,7 @@ async fn apply_register(
     }
     sqlx::query(
         "CREATE TEMP TABLE IF NOT EXISTS staging_marks (
-            row_number INTEGER PRIMARY KEY, upn TEXT NOT NULL, surname TEXT NOT NULL,
-            forename TEXT NOT NULL, date TEXT NOT NULL, start TEXT NOT NULL, end_time TEXT NOT NULL,
+            row_number INTEGER PRIMARY KEY, date TEXT NOT NULL, start TEXT NOT NULL, end_time TEXT NOT NULL,
             course TEXT NOT NULL, status TEXT NOT NULL, contribution INTEGER NOT NULL, grp TEXT,
             location TEXT, dfe_code TEXT, note TEXT, rk INTEGER NOT NULL, last INTEGER NOT NULL,
             learner_id INTEGER, prior INTEGER)",
@@ -314,40 +412,21 @@ async fn apply_register(
         last[*i] = true;
     }
     drop(seen);
-    for (n, chunk) in valid.chunks(STAGING_ROWS).enumerate() {
-        let mut sql = String::from(
-            "INSERT INTO staging_marks (row_number, upn, surname, forename, date, start, end_time, course,
-             status, contribution, grp, location, dfe_code, note, rk, last, learner_id) VALUES ",
-        );
-        for i in 0..chunk.len() {
-            sql.push_str(if i == 0 { "(" } else { ",(" });
-            let params: Vec<String> = (1..=17).map(|k| backend.placeholder(i * 17 + k)).collect();
-            sql.push_str(&params.join(","));
-            sql.push(')');
-        }
-        let mut q = sqlx::query(&sql);
-        for (j, (row, r)) in chunk.iter().enumerate() {
-            let i = n * STAGING_ROWS + j;
-            q = q
-                .bind(*row as i64)
-                .bind(&r.upn)
-                .bind(&r.surname)
-                .bind(&r.forename)
-                .bind(r.date.to_string())
-                .bind(&r.start)
-                .bind(&r.end)
-                .bind(&r.course)
-                .bind(r.status.as_str())
-                .bind(i64::from(r.contribution))
-                .bind(&r.group)
-                .bind(&r.location)
-                .bind(&r.dfe_code)
-                .bind(&r.note)
-                .bind(ranks[i])
-                .bind(i64::from(last[i]))
-                .bind(learner_ids.get(r.upn.as_str()).copied());
-        }
-        q.execute(&mut *conn).await?;
+    let staged: Vec<StagedMark> = valid
+        .iter()
+        .enumerate()
+        .map(|(i, (row, r))| StagedMark {
+            row: *row as i64,
+            date: r.date.to_string(),
+            mark: r,
+            rank: ranks[i],
+            last: i64::from(last[i]),
+            learner_id: learner_ids.get(r.upn.as_str()).copied(),
+        })
+        .collect();
+    match backend {
+        Backend::Sqlite => stage_with_parameters(conn, &staged).await?,
+        Backend::Postgres => stage_as_json(conn, backend, &staged).await?,
     }
     // Every staged mark names a learner that exists (checked here as a set; see the PostgreSQL
     // migration 0006).
