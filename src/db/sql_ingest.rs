@@ -1,5 +1,6 @@
 //! SQLite: ingest jobs and applying parsed files to the attendance and referral tables.
 
+use anyhow::Context;
 use chrono::Datelike;
 use sqlx::{AnyConnection, Row};
 
@@ -206,7 +207,7 @@ struct StagedMark<'a> {
     mark: &'a RegisterRow,
     rank: i64,
     last: i64,
-    learner_id: Option<i64>,
+    learner_id: i64,
 }
 
 const STAGING_COLUMNS: &str = "row_number, date, start, end_time, course, status, contribution,
@@ -297,8 +298,15 @@ async fn stage_as_json(
     Ok(())
 }
 
-/// The learner id of every UPN in a register, creating (and flagging for the hub) the unknown
-/// ones from their first row.
+/// A learner of a register: id and home school.
+#[derive(Clone, Copy)]
+struct RegisterLearner {
+    id: i64,
+    school: Option<i64>,
+}
+
+/// The learner of every UPN in a register, creating (and flagging for the hub) the unknown ones
+/// from their first row.
 async fn register_learners<'r>(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -306,7 +314,7 @@ async fn register_learners<'r>(
     valid: &[(usize, &'r RegisterRow)],
     now: &str,
     report: &mut ApplyReport,
-) -> anyhow::Result<std::collections::HashMap<&'r str, i64>> {
+) -> anyhow::Result<std::collections::HashMap<&'r str, RegisterLearner>> {
     let mut first: std::collections::HashMap<&str, (usize, &RegisterRow)> =
         std::collections::HashMap::new();
     for (row, r) in valid {
@@ -316,19 +324,19 @@ async fn register_learners<'r>(
     let upns: Vec<&str> = first.keys().copied().collect();
     for chunk in upns.chunks(500) {
         let sql = format!(
-            "SELECT upn, id FROM learners WHERE upn IN ({})",
+            "SELECT upn, id, school_org_id FROM learners WHERE upn IN ({})",
             (1..=chunk.len())
                 .map(|i| backend.placeholder(i))
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut q = sqlx::query_as::<_, (String, i64)>(&sql);
+        let mut q = sqlx::query_as::<_, (String, i64, Option<i64>)>(&sql);
         for u in chunk {
             q = q.bind(*u);
         }
-        for (upn, id) in q.fetch_all(&mut *conn).await? {
+        for (upn, id, school) in q.fetch_all(&mut *conn).await? {
             if let Some((k, _)) = first.get_key_value(upn.as_str()) {
-                ids.insert(*k, id);
+                ids.insert(*k, RegisterLearner { id, school });
             }
         }
     }
@@ -354,7 +362,7 @@ async fn register_learners<'r>(
         .bind(now)
         .fetch_one(&mut *conn)
         .await?;
-        ids.insert(r.upn.as_str(), id);
+        ids.insert(r.upn.as_str(), RegisterLearner { id, school: None });
         report.note(
             row,
             format!(
@@ -366,9 +374,11 @@ async fn register_learners<'r>(
     Ok(ids)
 }
 
-/// Applies a register set-wise: the valid rows go into a temporary staging table in large
-/// INSERTs, then a few statements create unknown learners, retire the marks being amended and
-/// insert every new version with its history number.
+/// Applies a register set-wise. New lessons of a provider (none of its current marks in the
+/// file's learners and dates, no lesson twice in the file) go straight into `marks` in index
+/// order (SQLite). Otherwise the rows go into a temporary staging table in large INSERTs, then a
+/// few statements find the versions being amended, retire them and insert every new version
+/// with its history number.
 async fn apply_register(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -380,20 +390,8 @@ async fn apply_register(
     if valid.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "CREATE TEMP TABLE IF NOT EXISTS staging_marks (
-            row_number INTEGER PRIMARY KEY, date TEXT NOT NULL, start TEXT NOT NULL, end_time TEXT NOT NULL,
-            course TEXT NOT NULL, status TEXT NOT NULL, contribution INTEGER NOT NULL, grp TEXT,
-            location TEXT, dfe_code TEXT, note TEXT, rk INTEGER NOT NULL, last INTEGER NOT NULL,
-            learner_id INTEGER, prior INTEGER)",
-    )
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM staging_marks")
-        .execute(&mut *conn)
-        .await?;
     let now = now_text();
-    let learner_ids = register_learners(conn, backend, job, &valid, &now, report).await?;
+    let learners = register_learners(conn, backend, job, &valid, &now, report).await?;
     // A lesson named twice in one file: each row is a version, the last one is current. Ranked
     // here rather than with window functions in SQL (measured: the sorts dominated).
     let mut seen: std::collections::HashMap<(&str, chrono::NaiveDate, &str, &str), (i64, usize)> =
@@ -412,48 +410,218 @@ async fn apply_register(
         last[*i] = true;
     }
     drop(seen);
-    let staged: Vec<StagedMark> = valid
-        .iter()
-        .enumerate()
-        .map(|(i, (row, r))| StagedMark {
+    let mut staged = Vec::with_capacity(valid.len());
+    for (i, (row, r)) in valid.iter().enumerate() {
+        let learner = learners
+            .get(r.upn.as_str())
+            .with_context(|| format!("row {row}: no learner for {}", r.upn))?;
+        staged.push(StagedMark {
             row: *row as i64,
             date: r.date.to_string(),
             mark: r,
             rank: ranks[i],
             last: i64::from(last[i]),
-            learner_id: learner_ids.get(r.upn.as_str()).copied(),
-        })
-        .collect();
-    match backend {
-        Backend::Sqlite => stage_with_parameters(conn, &staged).await?,
-        Backend::Postgres => stage_as_json(conn, backend, &staged).await?,
+            learner_id: learner.id,
+        });
     }
-    // Every staged mark names a learner that exists (checked here as a set; see the PostgreSQL
-    // migration 0006).
-    let orphans: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM staging_marks s WHERE s.learner_id IS NULL
-            OR NOT EXISTS (SELECT 1 FROM learners l WHERE l.id = s.learner_id)",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    anyhow::ensure!(orphans == 0, "{orphans} staged marks name no learner");
-    // The version each lesson's current mark has now, if the provider has any in these dates.
+    let learner_ids: Vec<i64> = {
+        let mut ids: Vec<i64> = learners.values().map(|l| l.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    };
+    check_learners_exist(conn, backend, &learner_ids).await?;
     let (first_day, last_day) = valid
         .iter()
         .fold((valid[0].1.date, valid[0].1.date), |(a, b), (_, r)| {
             (a.min(r.date), b.max(r.date))
         });
-    let overlapping: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM (SELECT 1 FROM marks WHERE current = 1 AND provider_org_id = $1
-                        AND learner_id IN (SELECT DISTINCT learner_id FROM staging_marks)
-                        AND date BETWEEN $2 AND $3 LIMIT 1) AS x",
+    let overlapping = provider_marks_exist(
+        conn,
+        backend,
+        job.org.id,
+        &learner_ids,
+        &first_day.to_string(),
+        &last_day.to_string(),
     )
-    .bind(job.org.id)
-    .bind(first_day.to_string())
-    .bind(last_day.to_string())
-    .fetch_one(&mut *conn)
     .await?;
-    if overlapping > 0 {
+    if backend == Backend::Sqlite && !overlapping && ranks.iter().all(|r| *r == 1) {
+        insert_new_marks(conn, job, &mut staged, &now).await?;
+    } else {
+        apply_staged(conn, backend, job, &staged, overlapping, &now, report).await?;
+    }
+    report.accepted += valid.len();
+    // Unexplained absences per home school, for the schools' notices.
+    let mut per_school: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
+    for (_, r) in &valid {
+        if r.status == Status::UnexplainedAbsence
+            && let Some(school) = learners.get(r.upn.as_str()).and_then(|l| l.school)
+        {
+            *per_school.entry(school).or_insert(0) += 1;
+        }
+    }
+    for (school, count) in per_school {
+        let notice = Notice::UnexplainedAbsences {
+            school_org_id: school,
+            provider_org_id: job.org.id,
+            count,
+        };
+        insert_notice(conn, Some(job.upload_id), &notice).await?;
+    }
+    Ok(())
+}
+
+/// Every learner id a register refers to exists, checked as a set (see the PostgreSQL
+/// migration 0006: `marks` has no row-by-row foreign keys there).
+async fn check_learners_exist(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ids: &[i64],
+) -> anyhow::Result<()> {
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT COUNT(*) FROM learners WHERE id IN ({})",
+            (1..=chunk.len())
+                .map(|i| backend.placeholder(i))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        let found = q.fetch_one(&mut *conn).await?;
+        anyhow::ensure!(
+            found as usize == chunk.len(),
+            "a register names learners that do not exist"
+        );
+    }
+    Ok(())
+}
+
+/// Whether the provider has current marks for any of these learners in these dates.
+async fn provider_marks_exist(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    provider: i64,
+    learner_ids: &[i64],
+    first_day: &str,
+    last_day: &str,
+) -> anyhow::Result<bool> {
+    for chunk in learner_ids.chunks(500) {
+        let sql = format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM marks WHERE current = 1 AND learner_id IN ({})
+                AND date BETWEEN {} AND {} AND provider_org_id = {} LIMIT 1) AS x",
+            (1..=chunk.len())
+                .map(|i| backend.placeholder(i))
+                .collect::<Vec<_>>()
+                .join(","),
+            backend.placeholder(chunk.len() + 1),
+            backend.placeholder(chunk.len() + 2),
+            backend.placeholder(chunk.len() + 3),
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        if q.bind(first_day)
+            .bind(last_day)
+            .bind(provider)
+            .fetch_one(&mut *conn)
+            .await?
+            > 0
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// New lessons only: every row is version 1 and current, inserted straight into `marks` in
+/// index order (both indexes then grow at their ends). SQLite.
+async fn insert_new_marks(
+    conn: &mut AnyConnection,
+    job: &IngestJob,
+    staged: &mut [StagedMark<'_>],
+    now: &str,
+) -> anyhow::Result<()> {
+    staged.sort_unstable_by(|a, b| {
+        (a.learner_id, &a.date, &a.mark.start, &a.mark.course, a.row).cmp(&(
+            b.learner_id,
+            &b.date,
+            &b.mark.start,
+            &b.mark.course,
+            b.row,
+        ))
+    });
+    // The constants are the gateway's own values (ids and its clock), written into the SQL.
+    let constants = format!(
+        "{}, 1, 1, 'register', {}, '{}'",
+        job.org.id,
+        job.upload_id,
+        now.replace('\'', "")
+    );
+    for chunk in staged.chunks(STAGING_ROWS) {
+        let mut sql = String::from(
+            "INSERT INTO marks (learner_id, date, start, end_time, course, status, contribution,
+                grp, location, dfe_code, note, row_number, provider_org_id, version, current,
+                source, upload_id, created_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            sql.push_str(if i == 0 { "(" } else { ",(" });
+            sql.push_str("?,?,?,?,?,?,?,?,?,?,?,?,");
+            sql.push_str(&constants);
+            sql.push(')');
+        }
+        let mut q = sqlx::query(&sql);
+        for s in chunk.iter() {
+            let r = s.mark;
+            q = q
+                .bind(s.learner_id)
+                .bind(s.date.as_str())
+                .bind(&r.start)
+                .bind(&r.end)
+                .bind(&r.course)
+                .bind(r.status.as_str())
+                .bind(i64::from(r.contribution))
+                .bind(&r.group)
+                .bind(&r.location)
+                .bind(&r.dfe_code)
+                .bind(&r.note)
+                .bind(s.row);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Amendments or repeated lessons: through the staging table.
+async fn apply_staged(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    job: &IngestJob,
+    staged: &[StagedMark<'_>],
+    overlapping: bool,
+    now: &str,
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    sqlx::query(
+        "CREATE TEMP TABLE IF NOT EXISTS staging_marks (
+            row_number INTEGER PRIMARY KEY, date TEXT NOT NULL, start TEXT NOT NULL, end_time TEXT NOT NULL,
+            course TEXT NOT NULL, status TEXT NOT NULL, contribution INTEGER NOT NULL, grp TEXT,
+            location TEXT, dfe_code TEXT, note TEXT, rk INTEGER NOT NULL, last INTEGER NOT NULL,
+            learner_id INTEGER, prior INTEGER)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM staging_marks")
+        .execute(&mut *conn)
+        .await?;
+    match backend {
+        Backend::Sqlite => stage_with_parameters(conn, staged).await?,
+        Backend::Postgres => stage_as_json(conn, backend, staged).await?,
+    }
+    if overlapping {
         sqlx::query(
             "UPDATE staging_marks SET prior = (
                 SELECT m.version FROM marks m WHERE m.current = 1 AND m.provider_org_id = $1
@@ -489,25 +657,9 @@ async fn apply_register(
     )
     .bind(job.org.id)
     .bind(job.upload_id)
-    .bind(&now)
+    .bind(now)
     .execute(&mut *conn)
     .await?;
-    report.accepted += valid.len();
-    let unexplained: Vec<(i64, i64)> = sqlx::query_as(
-        "SELECT l.school_org_id, COUNT(*) FROM staging_marks s JOIN learners l ON l.id = s.learner_id
-         WHERE s.status = 'unexplained_absence' AND l.school_org_id IS NOT NULL
-         GROUP BY l.school_org_id",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
-    for (school, count) in unexplained {
-        let notice = Notice::UnexplainedAbsences {
-            school_org_id: school,
-            provider_org_id: job.org.id,
-            count,
-        };
-        insert_notice(conn, Some(job.upload_id), &notice).await?;
-    }
     sqlx::query("DELETE FROM staging_marks")
         .execute(&mut *conn)
         .await?;
