@@ -45,17 +45,6 @@ impl Backend {
     }
 }
 
-impl Backend {
-    /// A FROM item that yields one row with a `value` column per element of the JSON array in
-    /// parameter `n` (text).
-    pub fn json_array_rows(self, n: usize) -> String {
-        match self {
-            Backend::Sqlite => format!("json_each(?{n})"),
-            Backend::Postgres => format!("jsonb_array_elements(${n}::jsonb) AS j(value)"),
-        }
-    }
-}
-
 pub struct SqlDb {
     pub(super) pool: AnyPool,
     pub(super) backend: Backend,
