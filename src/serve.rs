@@ -44,6 +44,7 @@ pub async fn serve(config: Config, config_path: Option<std::path::PathBuf>) -> a
     tracing::info!("apgate listening on {bound}");
 
     tokio::spawn(end_disabled_sessions(gw.clone()));
+    tokio::spawn(keep_shared_guard(gw.clone()));
     tokio::spawn(crate::ingest::run_pending(gw.clone()));
     tokio::spawn(crate::ingest::watcher::run(gw.clone()));
     tokio::spawn(crate::retention::run(gw.clone()));
@@ -161,20 +162,9 @@ async fn shutdown_signal() {
 /// sessions: checked every two seconds.
 async fn end_disabled_sessions(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    let renew_every = (ssh::SESSION_STALE_AFTER.as_secs() / 3 / 2).max(1);
-    for n in 0u64.. {
+    loop {
         tick.tick().await;
         gw.guard.prune();
-        if n % renew_every == 0 {
-            // This process's sessions still count; old failure counts go.
-            let ban = Duration::from_secs(gw.config().limits.ban_seconds);
-            if let Err(e) = gw.db.renew_sessions(&gw.node).await {
-                tracing::warn!("cannot renew live sessions: {e:#}");
-            }
-            if let Err(e) = gw.db.prune_auth_failures(ban).await {
-                tracing::warn!("cannot prune failed logins: {e:#}");
-            }
-        }
         let ids = match gw.db.inactive_user_ids().await {
             Ok(ids) => ids,
             Err(e) => {
@@ -191,6 +181,22 @@ async fn end_disabled_sessions(gw: Arc<Gateway>) {
                     "en".into(),
                 )
                 .await;
+        }
+    }
+}
+
+/// Keeps this process's rows in the shared session table alive (they stop counting once it
+/// stops renewing them) and forgets failed-login counts that no longer matter.
+async fn keep_shared_guard(gw: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(ssh::SESSION_STALE_AFTER / 3);
+    loop {
+        tick.tick().await;
+        if let Err(e) = gw.db.renew_sessions(&gw.node).await {
+            tracing::warn!("cannot renew live sessions: {e:#}");
+        }
+        let ban = Duration::from_secs(gw.config().limits.ban_seconds);
+        if let Err(e) = gw.db.prune_auth_failures(ban).await {
+            tracing::warn!("cannot prune failed logins: {e:#}");
         }
     }
 }

@@ -10,6 +10,7 @@ use chrono::Utc;
 
 use super::transport::{Transport, build};
 use super::{MailKind, MailView, OrgLabel, backoff_seconds, render};
+use crate::config::Config;
 use crate::db::{MailOutcome, MailRow, time_text};
 use crate::gateway::Gateway;
 
@@ -20,17 +21,34 @@ const LEASE: Duration = Duration::from_secs(300);
 pub async fn run(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Built once per configuration (a reload brings a new one), not for every pass.
+    let mut transport: Option<(Arc<Config>, Transport)> = None;
     loop {
         tick.tick().await;
-        if let Err(e) = run_once(&gw).await {
+        let config = gw.config();
+        if !transport
+            .as_ref()
+            .is_some_and(|(c, _)| Arc::ptr_eq(c, &config))
+        {
+            match Transport::from_config(&config.mail) {
+                Ok(t) => transport = Some((config.clone(), t)),
+                Err(e) => {
+                    tracing::warn!("mail: {e:#}");
+                    continue;
+                }
+            }
+        }
+        let Some((_, t)) = &transport else {
+            continue;
+        };
+        if let Err(e) = run_once(&gw, &config, t).await {
             tracing::warn!("mail: {}", redact_addresses(&format!("{e:#}")));
         }
     }
 }
 
 /// One pass: escalations, then every due message. Returns how many messages were handled.
-pub async fn run_once(gw: &Gateway) -> anyhow::Result<usize> {
-    let config = gw.config();
+async fn run_once(gw: &Gateway, config: &Config, transport: &Transport) -> anyhow::Result<usize> {
     let mail = &config.mail;
     let now = Utc::now();
     let overdue =
@@ -64,9 +82,8 @@ pub async fn run_once(gw: &Gateway) -> anyhow::Result<usize> {
             )
         })
         .collect();
-    let transport = Transport::from_config(mail)?;
     for row in &rows {
-        let outcome = deliver(gw, &transport, row, &orgs).await;
+        let outcome = deliver(gw, config, transport, row, &orgs).await;
         let (error, dead) = match &outcome {
             Ok(()) => {
                 gw.db.mail_done(row.id, &MailOutcome::Sent).await?;
@@ -119,11 +136,11 @@ enum Failure {
 
 async fn deliver(
     gw: &Gateway,
+    config: &Config,
     transport: &Transport,
     row: &MailRow,
     orgs: &HashMap<i64, OrgLabel>,
 ) -> Result<(), Failure> {
-    let config = gw.config();
     let kind = MailKind::parse(&row.kind)
         .ok_or_else(|| Failure::Permanent(format!("unknown message kind `{}`", row.kind)))?;
     let to = orgs.get(&row.to_org_id).ok_or_else(|| {
