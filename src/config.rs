@@ -478,8 +478,7 @@ fn apply_env_overrides(
         let Some(key) = name.strip_prefix("APGATE_") else {
             continue;
         };
-        // APGATE_TEST_* belong to the test suite (APGATE_TEST_DATABASE_URL, …), not to a key.
-        if key == "CONFIG" || key.is_empty() || key.starts_with("TEST_") {
+        if key == "CONFIG" || key.is_empty() {
             continue;
         }
         let path: Vec<String> = key.split("__").map(|p| p.to_ascii_lowercase()).collect();

@@ -36,7 +36,7 @@ fn demo_prints_commands_that_work() {
         .local_addr()
         .unwrap()
         .port();
-    let mut child = Command::new(common::BIN)
+    let mut child = common::apgate()
         .args(["demo", "--port", &port.to_string(), "--dir"])
         .arg(dir.path().join("demo"))
         .stdout(Stdio::piped())

@@ -30,7 +30,7 @@ fn check_config_names_the_key() {
     }
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apgate.example.yaml");
-    let r = Command::new(common::BIN)
+    let r = common::apgate()
         .arg("--config")
         .arg(&example)
         .arg("check-config")
@@ -151,7 +151,7 @@ fn serve_notifies_systemd_when_ready() {
     socket
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    let mut serve = Command::new(common::BIN)
+    let mut serve = common::apgate()
         .arg("--config")
         .arg(&g.config)
         .arg("serve")

@@ -363,7 +363,7 @@ crate::on_both_backends! {
         assert!(!r.ok && r.stderr.contains("retention_dayz"), "{}", r.stderr);
         // Environment overrides are validated the same way.
         let g = Gateway::configured("");
-        let out = Command::new(common::BIN)
+        let out = common::apgate()
             .arg("--config")
             .arg(&g.config)
             .arg("serve")

@@ -10,6 +10,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_apgate");
 
+/// The `apgate` binary as the tests run it: the suite's own variables (`APGATE_TEST_*`) are not
+/// passed on, since every other `APGATE_*` variable would be read as a config key.
+pub fn apgate() -> Command {
+    let mut c = Command::new(BIN);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("APGATE_TEST_") {
+            c.env_remove(name);
+        }
+    }
+    c
+}
+
 pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub port: u16,
@@ -260,7 +272,7 @@ impl Gateway {
         let config = self.path(&format!("node-{port}.yaml"));
         std::fs::write(&config, text).expect("node config");
         let log = std::fs::File::create(self.path(&format!("serve-{port}.log"))).expect("log");
-        let child = Command::new(BIN)
+        let child = apgate()
             .arg("--config")
             .arg(&config)
             .arg("serve")
@@ -296,7 +308,7 @@ impl Gateway {
             .append(true)
             .open(self.path("serve.log"))
             .expect("log file");
-        let child = Command::new(BIN)
+        let child = apgate()
             .args([
                 "--config",
                 self.config.to_str().unwrap_or_default(),
@@ -344,7 +356,7 @@ impl Gateway {
 
     pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Run {
         use std::io::Write;
-        let mut child = Command::new(BIN)
+        let mut child = apgate()
             .arg("--config")
             .arg(&self.config)
             .args(args)
