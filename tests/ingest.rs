@@ -6,18 +6,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
-use apgate::domain::identifiers::check_upn;
-use common::{Gateway, wait_until};
-
-/// A valid UPN for a number: the check letter is found by trying each.
-fn upn(n: u32) -> String {
-    let body = format!("801200{n:06}");
-    "ABCDEFGHJKLMNPQRTUVWXYZ"
-        .chars()
-        .map(|c| format!("{c}{body}"))
-        .find(|u| check_upn(u).is_ok())
-        .expect("one check letter fits")
-}
+use common::{Gateway, upn, wait_until};
 
 const REGISTER_HEADER: &str =
     "date,start,end,course,upn,surname,forename,status,contribution,dfe_code\n";

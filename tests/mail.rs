@@ -5,17 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use apgate::domain::identifiers::check_upn;
-use common::{Gateway, Mail, SmtpServer, free_port, wait_until};
-
-fn upn(n: u32) -> String {
-    let body = format!("801300{n:06}");
-    "ABCDEFGHJKLMNPQRTUVWXYZ"
-        .chars()
-        .map(|c| format!("{c}{body}"))
-        .find(|u| check_upn(u).is_ok())
-        .expect("one check letter fits")
-}
+use common::{Gateway, Mail, SmtpServer, free_port, upn, wait_until};
 
 fn smtp_config(port: u16, extra: &str) -> String {
     format!(

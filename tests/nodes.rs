@@ -7,17 +7,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use apgate::domain::identifiers::check_upn;
-use common::{Gateway, noise, wait_until};
-
-fn upn(n: u32) -> String {
-    let body = format!("801400{n:06}");
-    "ABCDEFGHJKLMNPQRTUVWXYZ"
-        .chars()
-        .map(|c| format!("{c}{body}"))
-        .find(|u| check_upn(u).is_ok())
-        .expect("one check letter fits")
-}
+use common::{Gateway, noise, upn, wait_until};
 
 crate::on_both_backends! {
     fn two_nodes_behave_as_one_gateway() {
@@ -134,25 +124,6 @@ crate::on_both_backends! {
     }
 }
 
-/// Where a `postgres://` URL points: (URL up to the host, host port, the rest).
-fn split_pg_url(url: &str) -> (String, u16, String) {
-    let scheme_end = url.find("://").map_or(0, |i| i + 3);
-    let rest = &url[scheme_end..];
-    let host_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..host_end];
-    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
-    let hostport = &authority[host_start..];
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse().unwrap_or(5432)),
-        None => (hostport, 5432),
-    };
-    (
-        format!("{}{}{host}", &url[..scheme_end], &authority[..host_start]),
-        port,
-        rest[host_end..].to_string(),
-    )
-}
-
 /// PostgreSQL goes away while a user is connected: the upload fails with an error and leaves
 /// nothing; when the database is back, the same gateway works again without a restart.
 #[test]
@@ -161,11 +132,10 @@ fn a_database_that_goes_away_fails_uploads_cleanly_and_recovers() {
         return common::on_postgres(|| {});
     }
     let pg = common::PgDatabase::create();
-    let (head, port, tail) = split_pg_url(&pg.url);
-    let mut relay = common::TcpRelay::start(port);
+    let mut relay = common::TcpRelay::start(pg.port());
     let mut g = Gateway::start_with(&format!(
-        "database: {{ url: \"{head}:{}{tail}\" }}",
-        relay.port
+        "database: {{ url: \"{}\" }}",
+        pg.url_through(relay.port)
     ));
     g.postgres = Some(pg);
     let f = g.file("a.pdf", b"first");

@@ -85,59 +85,65 @@ fn fail2ban_filter_matches_failed_logins() {
     assert!(report.contains("127.0.0.1"), "{report}");
 }
 
-/// Files older than retention_days leave the store and the inbox; their records stay.
-#[test]
-fn retention_deletes_old_content_and_keeps_the_record() {
-    let g = Gateway::start_with("retention_days: 30");
-    let old = g.file("old.pdf", b"old plan");
-    let new = g.file("new.pdf", b"new plan");
-    g.sftp_ok(
-        "school-a-user",
-        &format!("put {} /outbox/coordinator/old.pdf\n", old.display()),
-    );
-    // Received 40 days ago.
-    g.sql("UPDATE uploads SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-40 days') WHERE name = 'old.pdf'");
-    g.sftp_ok(
-        "school-a-user",
-        &format!("put {} /outbox/coordinator/new.pdf\n", new.display()),
-    );
-    assert_eq!(g.stored_blobs().len(), 2);
+crate::on_both_backends! {
+    /// Files older than retention_days leave the store and the inbox; their records stay.
+    fn retention_deletes_old_content_and_keeps_the_record() {
+        let g = Gateway::start_with("retention_days: 30");
+        let old = g.file("old.pdf", b"old plan");
+        let new = g.file("new.pdf", b"new plan");
+        g.sftp_ok(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/old.pdf\n", old.display()),
+        );
+        // Received 40 days ago.
+        let forty_days_ago = (chrono::Utc::now() - chrono::Days::new(40))
+            .format("%Y-%m-%dT%H:%M:%S%.3fZ")
+            .to_string();
+        g.sql(&format!(
+            "UPDATE uploads SET created_at = '{forty_days_ago}' WHERE name = 'old.pdf'"
+        ));
+        g.sftp_ok(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/new.pdf\n", new.display()),
+        );
+        assert_eq!(g.stored_blobs().len(), 2);
 
-    let out = g.cli_ok(&["retention", "run"]);
-    assert!(out.contains("1 stored file(s) expired"), "{out}");
-    assert_eq!(
-        g.stored_blobs().len(),
-        1,
-        "the old file's content is gone from disk"
-    );
-    let inbox = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
-    assert!(
-        !inbox.contains("old.pdf") && inbox.contains("new.pdf"),
-        "{inbox}"
-    );
-    let transfers = g.cli_ok(&["report", "transfers"]);
-    let old_row = transfers
-        .lines()
-        .find(|l| l.contains("old.pdf"))
-        .expect("the record stays");
-    assert!(old_row.ends_with('Z'), "expired_at is set: {old_row}");
-    assert!(
-        g.sql("SELECT detail FROM audit WHERE action = 'expire'")
-            .contains("old.pdf")
-    );
-    assert!(g.cli_ok(&["audit", "verify"]).contains("intact"));
+        let out = g.cli_ok(&["retention", "run"]);
+        assert!(out.contains("1 stored file(s) expired"), "{out}");
+        assert_eq!(
+            g.stored_blobs().len(),
+            1,
+            "the old file's content is gone from disk"
+        );
+        let inbox = g.sftp_ok("cap-user", "ls -1 /inbox/school-a\n");
+        assert!(
+            !inbox.contains("old.pdf") && inbox.contains("new.pdf"),
+            "{inbox}"
+        );
+        let transfers = g.cli_ok(&["report", "transfers"]);
+        let old_row = transfers
+            .lines()
+            .find(|l| l.contains("old.pdf"))
+            .expect("the record stays");
+        assert!(old_row.ends_with('Z'), "expired_at is set: {old_row}");
+        assert!(
+            g.sql("SELECT detail FROM audit WHERE action = 'expire'")
+                .contains("old.pdf")
+        );
+        assert!(g.cli_ok(&["audit", "verify"]).contains("intact"));
 
-    // Later, as an operator checking ahead, everything is past its time.
-    let later = (chrono::Utc::now() + chrono::Days::new(31))
-        .format("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    assert!(
-        g.cli_ok(&["retention", "run", "--now", &later])
-            .contains("1 stored file(s) expired")
-    );
-    assert!(g.stored_blobs().is_empty());
-    let bad = g.cli(&["retention", "run", "--now", "next tuesday"]);
-    assert!(!bad.ok && bad.stderr.contains("--now"), "{}", bad.all());
+        // Later, as an operator checking ahead, everything is past its time.
+        let later = (chrono::Utc::now() + chrono::Days::new(31))
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        assert!(
+            g.cli_ok(&["retention", "run", "--now", &later])
+                .contains("1 stored file(s) expired")
+        );
+        assert!(g.stored_blobs().is_empty());
+        let bad = g.cli(&["retention", "run", "--now", "next tuesday"]);
+        assert!(!bad.ok && bad.stderr.contains("--now"), "{}", bad.all());
+    }
 }
 
 /// `serve` tells systemd it is ready (Type=notify) once the listener is bound.
@@ -321,65 +327,66 @@ fn series(text: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[test]
-fn metrics_endpoint_counts_real_traffic() {
-    let port = common::free_port();
-    let g = Gateway::start_with(&format!("metrics: {{ listen: \"127.0.0.1:{port}\" }}"));
-    let data = common::noise(300_000, 7);
-    let f = g.file("plan.pdf", &data);
-    g.sftp_ok(
-        "school-a-user",
-        &format!("put {} /outbox/coordinator/\n", f.display()),
-    );
-    assert!(
-        !g.sftp(
+crate::on_both_backends! {
+    fn metrics_endpoint_counts_real_traffic() {
+        let port = common::free_port();
+        let g = Gateway::start_with(&format!("metrics: {{ listen: \"127.0.0.1:{port}\" }}"));
+        let data = common::noise(300_000, 7);
+        let f = g.file("plan.pdf", &data);
+        g.sftp_ok(
             "school-a-user",
-            &format!(
-                "put {} /outbox/school-b/coordinator/denied.pdf\n",
-                f.display()
+            &format!("put {} /outbox/coordinator/\n", f.display()),
+        );
+        assert!(
+            !g.sftp(
+                "school-a-user",
+                &format!(
+                    "put {} /outbox/school-b/coordinator/denied.pdf\n",
+                    f.display()
+                )
             )
-        )
-        .ok
-    );
-    let got = g.path("got.pdf");
-    g.sftp_ok(
-        "cap-user",
-        &format!("get /inbox/school-a/plan.pdf {}\n", got.display()),
-    );
-    let (failed, _, _) = password_login(&g, "school-a-user", "wrong");
-    assert!(!failed);
+            .ok
+        );
+        let got = g.path("got.pdf");
+        g.sftp_ok(
+            "cap-user",
+            &format!("get /inbox/school-a/plan.pdf {}\n", got.display()),
+        );
+        let (failed, _, _) = password_login(&g, "school-a-user", "wrong");
+        assert!(!failed);
 
-    let mut text = String::new();
-    common::wait_until("sampled gauges", std::time::Duration::from_secs(20), || {
-        text = scrape(port);
-        series(&text, "apgate_mail_messages{state=\"waiting\"}") == Some(1.0)
-    });
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert_eq!(
-        series(&text, "apgate_transfers_committed_total{source=\"sftp\"}"),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        series(&text, "apgate_transfers_denied_total"),
-        Some(1.0),
-        "{text}"
-    );
-    assert!(series(&text, "apgate_bytes_received_total") >= Some(300_000.0));
-    assert_eq!(series(&text, "apgate_bytes_sent_total"), Some(300_000.0));
-    assert!(series(&text, "apgate_login_failures_total") >= Some(1.0));
-    assert_eq!(series(&text, "apgate_sessions"), Some(0.0));
-    assert_eq!(series(&text, "apgate_bans{kind=\"address\"}"), Some(0.0));
-    assert_eq!(
-        series(&text, "apgate_ingest_jobs{state=\"pending\"}"),
-        Some(0.0)
-    );
-    assert_eq!(
-        series(&text, "apgate_mail_messages{state=\"dead\"}"),
-        Some(0.0)
-    );
-    // Only counts: no user, organisation or file name is exported.
-    for secret in ["school-a", "plan.pdf", "cap-user"] {
-        assert!(!text.contains(secret), "`{secret}` in metrics");
+        let mut text = String::new();
+        common::wait_until("sampled gauges", std::time::Duration::from_secs(20), || {
+            text = scrape(port);
+            series(&text, "apgate_mail_messages{state=\"waiting\"}") == Some(1.0)
+        });
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        assert_eq!(
+            series(&text, "apgate_transfers_committed_total{source=\"sftp\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(
+            series(&text, "apgate_transfers_denied_total"),
+            Some(1.0),
+            "{text}"
+        );
+        assert!(series(&text, "apgate_bytes_received_total") >= Some(300_000.0));
+        assert_eq!(series(&text, "apgate_bytes_sent_total"), Some(300_000.0));
+        assert!(series(&text, "apgate_login_failures_total") >= Some(1.0));
+        assert_eq!(series(&text, "apgate_sessions"), Some(0.0));
+        assert_eq!(series(&text, "apgate_bans{kind=\"address\"}"), Some(0.0));
+        assert_eq!(
+            series(&text, "apgate_ingest_jobs{state=\"pending\"}"),
+            Some(0.0)
+        );
+        assert_eq!(
+            series(&text, "apgate_mail_messages{state=\"dead\"}"),
+            Some(0.0)
+        );
+        // Only counts: no user, organisation or file name is exported.
+        for secret in ["school-a", "plan.pdf", "cap-user"] {
+            assert!(!text.contains(secret), "`{secret}` in metrics");
+        }
     }
 }

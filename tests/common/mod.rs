@@ -102,21 +102,46 @@ impl PgDatabase {
         let name = format!("apgate_t_{}", rand_suffix().replace('-', "_"));
         psql(&admin_url, &format!("CREATE DATABASE {name}"));
         // The same server and user, the new database.
-        let (base, query) = match admin_url.split_once('?') {
-            Some((b, q)) => (b, format!("?{q}")),
-            None => (admin_url.as_str(), String::new()),
-        };
-        let scheme_end = base.find("://").map_or(0, |i| i + 3);
-        let host_part = match base[scheme_end..].find('/') {
-            Some(i) => &base[..scheme_end + i],
-            None => base,
-        };
+        let (server, port, rest) = split_pg_url(&admin_url);
+        let query = rest
+            .split_once('?')
+            .map(|(_, q)| format!("?{q}"))
+            .unwrap_or_default();
         PgDatabase {
-            url: format!("{host_part}/{name}{query}"),
+            url: format!("{server}:{port}/{name}{query}"),
             admin_url,
             name,
         }
     }
+
+    /// The server's port.
+    pub fn port(&self) -> u16 {
+        split_pg_url(&self.url).1
+    }
+
+    /// This database's URL through another local port (a relay in front of the server).
+    pub fn url_through(&self, port: u16) -> String {
+        let (server, _, rest) = split_pg_url(&self.url);
+        format!("{server}:{port}{rest}")
+    }
+}
+
+/// A `postgres://` URL as (scheme, user and host; port, 5432 when not given; the path on).
+fn split_pg_url(url: &str) -> (String, u16, String) {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let host_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..host_end];
+    let host_start = authority.rfind('@').map_or(0, |i| i + 1);
+    let (host, port) = match authority[host_start..].rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().unwrap_or(5432)),
+        None => (&authority[host_start..], 5432),
+    };
+    (
+        format!("{}{}{host}", &url[..scheme_end], &authority[..host_start]),
+        port,
+        rest[host_end..].to_string(),
+    )
 }
 
 impl Drop for PgDatabase {
@@ -529,6 +554,16 @@ impl Drop for Gateway {
         // The server first: the database is dropped after it (field order).
         self.stop_server();
     }
+}
+
+/// A valid UPN for a number: the check letter is found by trying each.
+pub fn upn(n: u32) -> String {
+    let body = format!("801200{n:06}");
+    "ABCDEFGHJKLMNPQRTUVWXYZ"
+        .chars()
+        .map(|c| format!("{c}{body}"))
+        .find(|u| apgate::domain::identifiers::check_upn(u).is_ok())
+        .expect("one check letter fits")
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
