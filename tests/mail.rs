@@ -394,4 +394,43 @@ crate::on_both_backends! {
         });
         assert!(smtp.messages().is_empty());
     }
+
+    /// SMTP credentials from the environment (never the config file), over STARTTLS: the right
+    /// password delivers; the password never reaches the log; a wrong one delivers nothing.
+    fn smtp_login_with_credentials_from_the_environment() {
+        let certs = tempfile::tempdir().unwrap();
+        let (ca, cert, key) = common::private_ca_and_server_cert(certs.path());
+        let secret = "s3cret-Smtp-Pass";
+        let smtp = SmtpServer::start_with_login(free_port(), "gateway", secret, &cert, &key);
+        let config = format!(
+            "mail: {{ transport: smtp, smtp: {{ host: 127.0.0.1, port: {}, tls: starttls, \
+             username: gateway, ca_file: \"{}\" }} }}",
+            smtp.port,
+            ca.display()
+        );
+        let mut g = Gateway::start_with(&config);
+        g.stop_server();
+        g.env.push(("APGATE_MAIL__SMTP__PASSWORD".into(), secret.into()));
+        g.start_server();
+        put(&g, "school-a-user", "x.pdf", "x", "/outbox/dsl");
+        let mail = wait_for_count(&smtp, 1, "the message sent after login");
+        assert_eq!(mail.len(), 1);
+        assert!(!g.log().contains(secret), "the password is never logged");
+
+        let wrong = SmtpServer::start_with_login(free_port(), "gateway", "another", &cert, &key);
+        let g = Gateway::start_with(&format!(
+            "mail: {{ transport: smtp, smtp: {{ host: 127.0.0.1, port: {}, tls: starttls, \
+             username: gateway, password: {secret}, ca_file: \"{}\" }} }}",
+            wrong.port,
+            ca.display()
+        ));
+        put(&g, "school-a-user", "x.pdf", "x", "/outbox/dsl");
+        wait_until("a refused login", Duration::from_secs(30), || {
+            g.sql("SELECT COUNT(*) FROM mail WHERE attempts >= 1 AND state = 'pending'").trim() == "1"
+        });
+        assert!(wrong.messages().is_empty());
+        let error = g.sql("SELECT last_error FROM mail");
+        assert!(error.contains("535"), "the server's refusal is kept: {error}");
+        assert!(!g.log().contains(secret), "the password is never logged");
+    }
 }

@@ -32,6 +32,8 @@ pub struct Gateway {
     client_port: std::sync::atomic::AtomicU16,
     /// The PostgreSQL database of this gateway (created for it, dropped with it), if any.
     pub postgres: Option<PgDatabase>,
+    /// Environment variables `serve` is started with.
+    pub env: Vec<(String, String)>,
 }
 
 /// A second `apgate serve` sharing a gateway's config, database, store and keys.
@@ -278,6 +280,7 @@ impl Gateway {
             extra_config: extra_config.to_string(),
             client_port: std::sync::atomic::AtomicU16::new(port),
             postgres,
+            env: Vec::new(),
         }
     }
 
@@ -340,6 +343,7 @@ impl Gateway {
                 "serve",
             ])
             .env("RUST_LOG", "info,apgate=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -671,7 +675,9 @@ pub struct SmtpServer {
     pub port: u16,
     maildir: tempfile::TempDir,
     child: Option<Child>,
-    args: Vec<String>,
+    /// python3's arguments before the maildir, and after it.
+    argv: Vec<String>,
+    after: Vec<String>,
 }
 
 /// One received message, decoded by Python's `email` package.
@@ -685,6 +691,25 @@ pub struct Mail {
     pub raw: String,
 }
 
+/// aiosmtpd with a login required (PLAIN or LOGIN) after STARTTLS: argv is port, maildir, user,
+/// password, certificate, key.
+const SMTP_WITH_LOGIN: &str = r#"
+import ssl, sys, time
+from aiosmtpd.controller import Controller
+from aiosmtpd.handlers import Mailbox
+from aiosmtpd.smtp import AuthResult, LoginPassword
+port, box, user, password, cert, key = sys.argv[1:7]
+def check(server, session, envelope, mechanism, data):
+    ok = isinstance(data, LoginPassword) and data.login == user.encode() and data.password == password.encode()
+    return AuthResult(success=ok, handled=False)  # aiosmtpd answers 235 or 535
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain(cert, key)
+Controller(Mailbox(box), hostname="127.0.0.1", port=int(port), authenticator=check,
+           auth_required=True, tls_context=tls, require_starttls=True).start()
+while True:
+    time.sleep(3600)
+"#;
+
 impl SmtpServer {
     pub fn start(port: u16) -> SmtpServer {
         Self::start_with(port, &[])
@@ -693,6 +718,40 @@ impl SmtpServer {
     /// With more `aiosmtpd` options (`--tlscert`/`--tlskey` for STARTTLS, `--smtpscert`/
     /// `--smtpskey` for implicit TLS).
     pub fn start_with(port: u16, args: &[&str]) -> SmtpServer {
+        let mut argv: Vec<String> = ["-m", "aiosmtpd", "-n", "-l"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        argv.push(format!("127.0.0.1:{port}"));
+        argv.extend(args.iter().map(|a| a.to_string()));
+        argv.extend(["-c".to_string(), "aiosmtpd.handlers.Mailbox".to_string()]);
+        Self::launch(port, argv, &[])
+    }
+
+    /// A server that takes mail only after STARTTLS and a login as `user` with `password`.
+    pub fn start_with_login(
+        port: u16,
+        user: &str,
+        password: &str,
+        cert: &Path,
+        key: &Path,
+    ) -> SmtpServer {
+        let argv = vec![
+            "-c".to_string(),
+            SMTP_WITH_LOGIN.to_string(),
+            port.to_string(),
+        ];
+        let after = [
+            user.to_string(),
+            password.to_string(),
+            cert.display().to_string(),
+            key.display().to_string(),
+        ];
+        Self::launch(port, argv, &after)
+    }
+
+    /// `python3 ARGV… MAILDIR AFTER…`
+    fn launch(port: u16, argv: Vec<String>, after: &[String]) -> SmtpServer {
         let maildir = tempfile::Builder::new()
             .prefix("apgate-smtp-")
             .tempdir()
@@ -701,7 +760,8 @@ impl SmtpServer {
             port,
             maildir,
             child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            argv,
+            after: after.to_vec(),
         };
         s.up();
         s
@@ -710,15 +770,13 @@ impl SmtpServer {
     /// Starts (again) on the same port, keeping what was received.
     pub fn up(&mut self) {
         let child = Command::new("python3")
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(&self.args)
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .args(&self.argv)
             .arg(self.maildir.path().join("box"))
+            .args(&self.after)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 -m aiosmtpd (pip install aiosmtpd)");
+            .expect("python3 with aiosmtpd (pip install aiosmtpd)");
         self.child = Some(child);
         wait_until("the SMTP server", Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", self.port)).is_ok()
