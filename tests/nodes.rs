@@ -49,21 +49,8 @@ crate::on_both_backends! {
                 let g = &g;
                 s.spawn(move || {
                     for (f, port, user) in mine {
-                        let mut c = g.sftp_command_to(*port, user, &["-b", "-"]);
-                        let mut child = c
-                            .stdin(std::process::Stdio::piped())
-                            .stdout(std::process::Stdio::null())
-                            .stderr(std::process::Stdio::piped())
-                            .spawn()
-                            .unwrap();
-                        child
-                            .stdin
-                            .take()
-                            .unwrap()
-                            .write_all(format!("put {} /registers/\n", f.display()).as_bytes())
-                            .unwrap();
-                        let out = child.wait_with_output().unwrap();
-                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                        let r = g.sftp_to(*port, user, &format!("put {} /registers/\n", f.display()), &[]);
+                        assert!(r.ok, "{}", r.all());
                     }
                 });
             }
@@ -90,14 +77,7 @@ crate::on_both_backends! {
 
         // Sessions per user count across nodes: one open on A, a second refused on B.
         g.talk_to(g.port);
-        let mut held = g
-            .sftp_command("school-b-user", &[])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        held.stdin.as_mut().unwrap().write_all(b"pwd\n").unwrap();
+        let mut held = g.open_session("school-b-user", &[]);
         wait_until("the held session", Duration::from_secs(10), || {
             g.sql("SELECT COUNT(*) FROM live_sessions").trim() == "1"
         });
@@ -146,15 +126,8 @@ fn a_database_that_goes_away_fails_uploads_cleanly_and_recovers() {
     let blobs = g.stored_blobs().len();
 
     // Logged in before the database goes away; the upload is tried after.
-    let mut session = g
-        .sftp_command("school-a-user", &["-b", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut session = g.open_session("school-a-user", &["-b", "-"]);
     let mut stdin = session.stdin.take().unwrap();
-    stdin.write_all(b"pwd\n").unwrap();
     wait_until("the session", Duration::from_secs(10), || {
         g.sql("SELECT COUNT(*) FROM live_sessions").trim() == "1"
     });

@@ -230,14 +230,7 @@ fn sighup_reloads_banner_without_dropping_sessions() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(banner_of_new_connection().contains("first banner"));
-    let mut live = g
-        .sftp_command("school-a-user", &[])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    live.stdin.as_mut().unwrap().write_all(b"pwd\n").unwrap();
+    let mut live = g.open_session("school-a-user", &[]);
     common::wait_until("the live session", Duration::from_secs(10), || {
         g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
             .trim()

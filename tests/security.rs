@@ -198,21 +198,6 @@ fn only_the_sftp_subsystem_exists() {
     assert!(!legacy.ok);
 }
 
-/// Holds an interactive sftp session open; returns the child.
-fn open_session(g: &Gateway, user: &str) -> std::process::Child {
-    let mut child = g
-        .sftp_command(user, &[])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(stdin) = child.stdin.as_mut() {
-        let _ = stdin.write_all(b"pwd\n");
-    }
-    child
-}
-
 /// Whether the server has closed this session: the next command fails. (An interactive sftp
 /// notices a closed connection only when it sends something.)
 fn session_was_closed(mut child: std::process::Child) -> bool {
@@ -226,7 +211,7 @@ fn session_was_closed(mut child: std::process::Child) -> bool {
 #[test]
 fn disabling_a_user_or_organisation_ends_live_sessions() {
     let g = Gateway::start();
-    let live = open_session(&g, "school-a-user");
+    let live = g.open_session("school-a-user", &[]);
     wait_until("the session to log in", Duration::from_secs(10), || {
         g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'school-a-user'")
             .trim()
@@ -239,7 +224,7 @@ fn disabling_a_user_or_organisation_ends_live_sessions() {
     assert!(session_was_closed(live), "session survived disable");
     assert!(!g.sftp("school-a-user", "ls /\n").ok);
 
-    let live = open_session(&g, "prov-a-user");
+    let live = g.open_session("prov-a-user", &[]);
     wait_until("the session to log in", Duration::from_secs(10), || {
         g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND actor = 'prov-a-user'")
             .trim()
@@ -265,7 +250,7 @@ fn sessions_per_user_and_idle_timeout() {
     let g = Gateway::start_with(
         "limits: { connections_per_second: 200, ban_after_failures: 50, sessions_per_user: 1, idle_timeout_s: 3 }",
     );
-    let first = open_session(&g, "school-a-user");
+    let first = g.open_session("school-a-user", &[]);
     wait_until("the session to log in", Duration::from_secs(10), || {
         g.sql("SELECT COUNT(*) FROM audit WHERE action = 'login' AND outcome = 'ok'")
             .trim()

@@ -493,13 +493,37 @@ impl Gateway {
     }
 
     pub fn sftp_with(&self, user: &str, batch: &str, extra: &[&str]) -> Run {
+        self.sftp_to(self.client_port(), user, batch, extra)
+    }
+
+    /// An `sftp -b` batch through a given node's port.
+    pub fn sftp_to(&self, port: u16, user: &str, batch: &str, extra: &[&str]) -> Run {
         let file = self.path(&format!("batch-{}", rand_suffix()));
         std::fs::write(&file, batch).expect("batch file");
         let file = file.display().to_string();
         let mut args = vec!["-b", file.as_str()];
         args.extend_from_slice(extra);
-        let out = self.sftp_command(user, &args).output().expect("run sftp");
+        let out = self
+            .sftp_command_to(port, user, &args)
+            .output()
+            .expect("run sftp");
         Run::from(out)
+    }
+
+    /// Holds an sftp session open (it has run `pwd`); commands can be written to its stdin.
+    pub fn open_session(&self, user: &str, extra: &[&str]) -> Child {
+        use std::io::Write;
+        let mut child = self
+            .sftp_command(user, extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run sftp");
+        if let Some(stdin) = child.stdin.as_mut() {
+            let _ = stdin.write_all(b"pwd\n");
+        }
+        child
     }
 
     pub fn sftp_ok(&self, user: &str, batch: &str) -> String {
