@@ -200,10 +200,19 @@ const STAGING_ROWS: usize = 1000;
 /// Rows per INSERT from one JSON array parameter (PostgreSQL).
 const STAGING_JSON_ROWS: usize = 20_000;
 
+/// Maps keyed by a file's values: foldhash is several times faster than the standard SipHash
+/// on a million keys and is seeded per map.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
+}
+
 /// One accepted register row as it goes into the staging table.
 struct StagedMark<'a> {
     row: i64,
-    date: String,
+    /// `mark.date` as text, formatted once per distinct day.
+    date: &'a str,
     mark: &'a RegisterRow,
     rank: i64,
     last: i64,
@@ -217,14 +226,14 @@ const LESSON_COLUMNS: &str =
 /// Multi-row INSERTs with `?` parameters (SQLite; measured fastest there) of `staged` into
 /// `table`: each row is `learner_id, row_number`, the lesson values, then the `N` values of
 /// `tail` in `tail_columns`, then `constant_columns` set to `constants` (SQL text).
-async fn insert_rows<const N: usize>(
+async fn insert_rows<'a, const N: usize>(
     conn: &mut AnyConnection,
     table: &str,
     tail_columns: &[&str; N],
     tail: impl Fn(&StagedMark<'_>) -> [i64; N],
     constant_columns: &str,
     constants: &str,
-    staged: &[StagedMark<'_>],
+    staged: &'a [StagedMark<'a>],
 ) -> anyhow::Result<()> {
     let mut columns = format!("learner_id, row_number, {LESSON_COLUMNS}");
     let mut row_sql = String::from("(?,?,?,?,?,?,?,?,?,?,?,?");
@@ -240,35 +249,56 @@ async fn insert_rows<const N: usize>(
         row_sql.push_str(constants);
     }
     row_sql.push(')');
-    for chunk in staged.chunks(STAGING_ROWS) {
+    let statement = |rows: usize| {
         let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
-        for i in 0..chunk.len() {
+        for i in 0..rows {
             if i > 0 {
                 sql.push(',');
             }
             sql.push_str(&row_sql);
         }
-        let mut q = sqlx::query(&sql);
+        sql
+    };
+    let full = statement(STAGING_ROWS);
+    let rest = statement(staged.len() % STAGING_ROWS);
+    let query = |chunk: &[StagedMark<'a>]| {
+        let sql = if chunk.len() == STAGING_ROWS {
+            &full
+        } else {
+            &rest
+        };
+        let mut q = sqlx::query(sql);
         for s in chunk {
             let r = s.mark;
             q = q
                 .bind(s.learner_id)
                 .bind(s.row)
-                .bind(s.date.as_str())
-                .bind(&r.start)
-                .bind(&r.end)
-                .bind(&r.course)
+                .bind(s.date)
+                .bind(r.start.as_str())
+                .bind(r.end.as_str())
+                .bind(r.course.as_str())
                 .bind(r.status.as_str())
                 .bind(i64::from(r.contribution))
-                .bind(&r.group)
-                .bind(&r.location)
-                .bind(&r.dfe_code)
-                .bind(&r.note);
+                .bind(r.group.as_deref())
+                .bind(r.location.as_deref())
+                .bind(r.dfe_code.as_deref())
+                .bind(r.note.as_deref());
             for v in tail(s) {
                 q = q.bind(v);
             }
         }
-        q.execute(&mut *conn).await?;
+        q
+    };
+    // Each chunk's parameters are bound while the database executes the chunk before it (the
+    // SQLite driver runs statements on its own thread): the two halves of the work overlap.
+    let mut chunks = staged.chunks(STAGING_ROWS);
+    let mut next = chunks.next().map(query);
+    while let Some(current) = next.take() {
+        let (done, built) = futures::join!(current.execute(&mut *conn), async {
+            chunks.next().map(query)
+        });
+        done?;
+        next = built;
     }
     Ok(())
 }
@@ -293,7 +323,7 @@ async fn stage_as_json(conn: &mut AnyConnection, staged: &[StagedMark<'_>]) -> a
                 let r = s.mark;
                 (
                     s.row,
-                    &s.date,
+                    s.date,
                     &r.start,
                     &r.end,
                     &r.course,
@@ -334,13 +364,12 @@ async fn register_learners<'r>(
     valid: &[(usize, &'r RegisterRow)],
     now: &str,
     report: &mut ApplyReport,
-) -> anyhow::Result<std::collections::HashMap<&'r str, RegisterLearner>> {
-    let mut first: std::collections::HashMap<&str, (usize, &RegisterRow)> =
-        std::collections::HashMap::new();
+) -> anyhow::Result<FastMap<&'r str, RegisterLearner>> {
+    let mut first: FastMap<&str, (usize, &RegisterRow)> = fast_map(1024);
     for (row, r) in valid {
         first.entry(r.upn.as_str()).or_insert((*row, r));
     }
-    let mut ids = std::collections::HashMap::with_capacity(first.len());
+    let mut ids = fast_map(first.len());
     let upns: Vec<&str> = first.keys().copied().collect();
     for chunk in upns.chunks(500) {
         let sql = format!(
@@ -414,8 +443,8 @@ async fn apply_register(
     let learners = register_learners(conn, backend, job, &valid, &now, report).await?;
     // A lesson named twice in one file: each row is a version, the last one is current. Ranked
     // here rather than with window functions in SQL (measured: the sorts dominated).
-    let mut seen: std::collections::HashMap<(&str, chrono::NaiveDate, &str, &str), (i64, usize)> =
-        std::collections::HashMap::with_capacity(valid.len());
+    let mut seen: FastMap<(&str, chrono::NaiveDate, &str, &str), (i64, usize)> =
+        fast_map(valid.len());
     let mut ranks = Vec::with_capacity(valid.len());
     for (i, (_, r)) in valid.iter().enumerate() {
         let e = seen
@@ -430,6 +459,10 @@ async fn apply_register(
         last[*i] = true;
     }
     drop(seen);
+    let mut days: FastMap<chrono::NaiveDate, String> = fast_map(366);
+    for (_, r) in &valid {
+        days.entry(r.date).or_insert_with(|| r.date.to_string());
+    }
     let mut staged = Vec::with_capacity(valid.len());
     for (i, (row, r)) in valid.iter().enumerate() {
         let learner = learners
@@ -437,7 +470,7 @@ async fn apply_register(
             .with_context(|| format!("row {row}: no learner for {}", r.upn))?;
         staged.push(StagedMark {
             row: *row as i64,
-            date: r.date.to_string(),
+            date: &days[&r.date],
             mark: r,
             rank: ranks[i],
             last: i64::from(last[i]),
@@ -566,13 +599,20 @@ async fn insert_new_marks(
     now: &str,
 ) -> anyhow::Result<()> {
     staged.sort_unstable_by(|a, b| {
-        (a.learner_id, &a.date, &a.mark.start, &a.mark.course, a.row).cmp(&(
-            b.learner_id,
-            &b.date,
-            &b.mark.start,
-            &b.mark.course,
-            b.row,
-        ))
+        (
+            a.learner_id,
+            a.mark.date,
+            &a.mark.start,
+            &a.mark.course,
+            a.row,
+        )
+            .cmp(&(
+                b.learner_id,
+                b.mark.date,
+                &b.mark.start,
+                &b.mark.course,
+                b.row,
+            ))
     });
     // The constants are the gateway's own values (ids and its clock), written into the SQL.
     let constants = format!(

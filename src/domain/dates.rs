@@ -5,6 +5,23 @@ use chrono::{Datelike, Months, NaiveDate, Weekday};
 /// Accepts `YYYY-MM-DD` and `DD/MM/YYYY`.
 pub fn parse_date(s: &str) -> Result<NaiveDate, String> {
     let t = s.trim();
+    // The common exact form without chrono's format interpreter (a register has a date a row).
+    if let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2] = t.as_bytes()
+        && [y1, y2, y3, y4, m1, m2, d1, d2]
+            .iter()
+            .all(|b| b.is_ascii_digit())
+    {
+        let n = |digits: &[&u8]| {
+            digits
+                .iter()
+                .fold(0u32, |n, d| n * 10 + u32::from(**d - b'0'))
+        };
+        if let Some(date) =
+            NaiveDate::from_ymd_opt(n(&[y1, y2, y3, y4]) as i32, n(&[m1, m2]), n(&[d1, d2]))
+        {
+            return Ok(date);
+        }
+    }
     NaiveDate::parse_from_str(t, "%Y-%m-%d")
         .or_else(|_| NaiveDate::parse_from_str(t, "%d/%m/%Y"))
         .map_err(|_| format!("`{t}` is not a date: write YYYY-MM-DD or DD/MM/YYYY"))
