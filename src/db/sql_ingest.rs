@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use chrono::Datelike;
-use sqlx::{AnyConnection, Row};
+use sqlx::{AnyConnection, Arguments, Row, any::AnyArguments};
 
 use super::sql::{Backend, ORG_COLUMNS, SqlDb, append_audit, org_from_row};
 use super::*;
@@ -208,6 +208,59 @@ fn fast_map<K, V>(capacity: usize) -> FastMap<K, V> {
     FastMap::with_capacity_and_hasher(capacity, foldhash::fast::RandomState::default())
 }
 
+fn bind_error(e: sqlx::error::BoxDynError) -> anyhow::Error {
+    anyhow::anyhow!("cannot bind a register row to the insert: {e}")
+}
+
+/// Each distinct value and its rank in sorted order.
+fn ranks_of<'v>(values: impl Iterator<Item = &'v str>) -> FastMap<&'v str, u32> {
+    let mut ranks: FastMap<&str, u32> = fast_map(64);
+    for v in values {
+        ranks.entry(v).or_insert(0);
+    }
+    let mut distinct: Vec<&str> = ranks.keys().copied().collect();
+    distinct.sort_unstable();
+    for (rank, v) in distinct.into_iter().enumerate() {
+        ranks.insert(v, rank as u32);
+    }
+    ranks
+}
+
+/// Sorts a register's rows into the order of `marks`' index (learner, date, start, course; then
+/// the file's order) and ranks the rows of a lesson named more than once: each is a version,
+/// the last one in the file is current. Returns whether any lesson was named more than once.
+fn sort_and_rank(staged: &mut [StagedMark<'_>]) -> bool {
+    // Sorted on small keys (start times and courses replaced by their rank among the file's
+    // distinct values) rather than by comparing rows scattered in memory.
+    let starts = ranks_of(staged.iter().map(|s| s.mark.start.as_str()));
+    let courses = ranks_of(staged.iter().map(|s| s.mark.course.as_str()));
+    staged.sort_by_cached_key(|s| {
+        (
+            s.learner_id,
+            s.mark.date,
+            starts[s.mark.start.as_str()],
+            courses[s.mark.course.as_str()],
+            s.row,
+        )
+    });
+    // The rows of one lesson are now neighbours, in the file's order.
+    let mut repeated = false;
+    for i in 1..staged.len() {
+        let (before, after) = staged.split_at_mut(i);
+        let (prev, this) = (&mut before[i - 1], &mut after[0]);
+        if prev.learner_id == this.learner_id
+            && prev.mark.date == this.mark.date
+            && prev.mark.start == this.mark.start
+            && prev.mark.course == this.mark.course
+        {
+            this.rank = prev.rank + 1;
+            prev.last = 0;
+            repeated = true;
+        }
+    }
+    repeated
+}
+
 /// One accepted register row as it goes into the staging table.
 struct StagedMark<'a> {
     row: i64,
@@ -267,38 +320,39 @@ async fn insert_rows<'a, const N: usize>(
         } else {
             &rest
         };
-        let mut q = sqlx::query(sql);
+        // Reserved at its final size: growing it would copy every parameter several times.
+        let mut args = AnyArguments::default();
+        args.reserve(chunk.len() * (12 + N), 0);
         for s in chunk {
             let r = s.mark;
-            q = q
-                .bind(s.learner_id)
-                .bind(s.row)
-                .bind(s.date)
-                .bind(r.start.as_str())
-                .bind(r.end.as_str())
-                .bind(r.course.as_str())
-                .bind(r.status.as_str())
-                .bind(i64::from(r.contribution))
-                .bind(r.group.as_deref())
-                .bind(r.location.as_deref())
-                .bind(r.dfe_code.as_deref())
-                .bind(r.note.as_deref());
+            args.add(s.learner_id)?;
+            args.add(s.row)?;
+            args.add(s.date)?;
+            args.add(r.start.as_str())?;
+            args.add(r.end.as_str())?;
+            args.add(r.course.as_str())?;
+            args.add(r.status.as_str())?;
+            args.add(i64::from(r.contribution))?;
+            args.add(r.group.as_deref())?;
+            args.add(r.location.as_deref())?;
+            args.add(r.dfe_code.as_deref())?;
+            args.add(r.note.as_deref())?;
             for v in tail(s) {
-                q = q.bind(v);
+                args.add(v)?;
             }
         }
-        q
+        Ok::<_, sqlx::error::BoxDynError>(sqlx::query_with(sql, args))
     };
     // Each chunk's parameters are bound while the database executes the chunk before it (the
     // SQLite driver runs statements on its own thread): the two halves of the work overlap.
     let mut chunks = staged.chunks(STAGING_ROWS);
-    let mut next = chunks.next().map(query);
+    let mut next = chunks.next().map(query).transpose().map_err(bind_error)?;
     while let Some(current) = next.take() {
         let (done, built) = futures::join!(current.execute(&mut *conn), async {
-            chunks.next().map(query)
+            chunks.next().map(query).transpose()
         });
         done?;
-        next = built;
+        next = built.map_err(bind_error)?;
     }
     Ok(())
 }
@@ -441,30 +495,12 @@ async fn apply_register(
     }
     let now = now_text();
     let learners = register_learners(conn, backend, job, &valid, &now, report).await?;
-    // A lesson named twice in one file: each row is a version, the last one is current. Ranked
-    // here rather than with window functions in SQL (measured: the sorts dominated).
-    let mut seen: FastMap<(&str, chrono::NaiveDate, &str, &str), (i64, usize)> =
-        fast_map(valid.len());
-    let mut ranks = Vec::with_capacity(valid.len());
-    for (i, (_, r)) in valid.iter().enumerate() {
-        let e = seen
-            .entry((r.upn.as_str(), r.date, r.start.as_str(), r.course.as_str()))
-            .or_insert((0, i));
-        e.0 += 1;
-        e.1 = i;
-        ranks.push(e.0);
-    }
-    let mut last = vec![false; valid.len()];
-    for (_, i) in seen.values() {
-        last[*i] = true;
-    }
-    drop(seen);
     let mut days: FastMap<chrono::NaiveDate, String> = fast_map(366);
     for (_, r) in &valid {
         days.entry(r.date).or_insert_with(|| r.date.to_string());
     }
     let mut staged = Vec::with_capacity(valid.len());
-    for (i, (row, r)) in valid.iter().enumerate() {
+    for (row, r) in &valid {
         let learner = learners
             .get(r.upn.as_str())
             .with_context(|| format!("row {row}: no learner for {}", r.upn))?;
@@ -472,11 +508,12 @@ async fn apply_register(
             row: *row as i64,
             date: &days[&r.date],
             mark: r,
-            rank: ranks[i],
-            last: i64::from(last[i]),
+            rank: 1,
+            last: 1,
             learner_id: learner.id,
         });
     }
+    let repeated = sort_and_rank(&mut staged);
     let learner_ids: Vec<i64> = {
         let mut ids: Vec<i64> = learners.values().map(|l| l.id).collect();
         ids.sort_unstable();
@@ -498,8 +535,8 @@ async fn apply_register(
         &last_day.to_string(),
     )
     .await?;
-    if backend == Backend::Sqlite && !overlapping && ranks.iter().all(|r| *r == 1) {
-        insert_new_marks(conn, job, &mut staged, &now).await?;
+    if backend == Backend::Sqlite && !overlapping && !repeated {
+        insert_new_marks(conn, job, &staged, &now).await?;
     } else {
         apply_staged(conn, backend, job, &staged, overlapping, &now, report).await?;
     }
@@ -591,29 +628,13 @@ async fn provider_marks_exist(
 }
 
 /// New lessons only: every row is version 1 and current, inserted straight into `marks` in
-/// index order (both indexes then grow at their ends). SQLite.
+/// index order (`staged` is sorted: the index then grows at its end). SQLite.
 async fn insert_new_marks(
     conn: &mut AnyConnection,
     job: &IngestJob,
-    staged: &mut [StagedMark<'_>],
+    staged: &[StagedMark<'_>],
     now: &str,
 ) -> anyhow::Result<()> {
-    staged.sort_unstable_by(|a, b| {
-        (
-            a.learner_id,
-            a.mark.date,
-            &a.mark.start,
-            &a.mark.course,
-            a.row,
-        )
-            .cmp(&(
-                b.learner_id,
-                b.mark.date,
-                &b.mark.start,
-                &b.mark.course,
-                b.row,
-            ))
-    });
     // The constants are the gateway's own values (ids and its clock), written into the SQL.
     let constants = format!(
         "{}, 1, 1, 'register', {}, '{}'",
@@ -993,4 +1014,59 @@ async fn apply_withdrawals(
         insert_notice(conn, Some(job.upload_id), &notice).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::register;
+
+    #[test]
+    fn rows_sorted_into_index_order_and_repeated_lessons_ranked_in_file_order() {
+        let text = "date,start,end,course,upn,surname,forename,status\n\
+            2026-11-24,09:00,12:00,MV,B801200005001,T,S,present\n\
+            2026-11-23,13:00,15:00,MV,B801200005001,T,S,present\n\
+            2026-11-23,09:00,12:00,MV,B801200005001,T,S,late\n\
+            2026-11-23,09:00,12:00,Art,B801200005001,T,S,present\n\
+            2026-11-23,09:00,12:00,MV,B801200005001,T,S,present\n\
+            2026-11-23,09:00,12:00,MV,Q801200005002,T,S,present\n\
+            2026-11-23,09:00,12:00,MV,B801200005001,T,S,not_required\n";
+        let rows = register::parse(text).unwrap();
+        let marks: Vec<&RegisterRow> = rows.iter().map(|r| r.result.as_ref().unwrap()).collect();
+        let mut staged: Vec<StagedMark<'_>> = marks
+            .iter()
+            .zip(2..)
+            .map(|(m, row)| StagedMark {
+                row,
+                date: "",
+                mark: m,
+                rank: 1,
+                last: 1,
+                // The second learner has the smaller id.
+                learner_id: if m.upn.starts_with('Q') { 1 } else { 2 },
+            })
+            .collect();
+        assert!(sort_and_rank(&mut staged));
+        let got: Vec<(i64, i64, i64)> = staged.iter().map(|s| (s.row, s.rank, s.last)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (7, 1, 1), // learner 1
+                (5, 1, 1), // Art before MV
+                (4, 1, 0), // 09:00 MV three times: versions 1, 2, 3; the last is current
+                (6, 2, 0),
+                (8, 3, 1),
+                (3, 1, 1), // 13:00
+                (2, 1, 1), // the next day
+            ]
+        );
+        let mut once: Vec<StagedMark<'_>> = staged
+            .into_iter()
+            .filter(|s| s.row != 6 && s.row != 8)
+            .collect();
+        for s in &mut once {
+            (s.rank, s.last) = (1, 1);
+        }
+        assert!(!sort_and_rank(&mut once));
+    }
 }

@@ -142,125 +142,169 @@ impl<'a> Sheet<'a> {
         self.columns.iter().any(|(name, _)| *name == column)
     }
 
-    /// The rows with their spreadsheet row numbers. A row that cannot be parsed at all is
-    /// reported as an error for that row; blank rows are skipped.
-    pub fn rows(&mut self) -> impl Iterator<Item = (usize, Result<Row<'_>, String>)> + '_ {
-        let columns = &self.columns;
-        records(self.text, &mut self.reader)
-            .map(move |(row, r)| (row, r.map(|record| Row { columns, record })))
+    /// Where the rows begin (after the header): byte offset and line number.
+    fn body(&self) -> (usize, usize) {
+        let start = (self.reader.position().byte() as usize).min(self.text.len());
+        let line = 1 + count_lines(&self.text.as_bytes()[..start]);
+        (start, line)
     }
 }
 
-/// The records of `reader` (reading `text`) with their spreadsheet row numbers, blank ones
-/// skipped.
-fn records<'r>(
-    text: &'r str,
-    reader: &'r mut csv::Reader<&[u8]>,
-) -> impl Iterator<Item = (usize, Result<StringRecord, String>)> + 'r {
+fn count_lines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Reads the rows in `text[span]`, whose first line is `line`, turning each into a `T` (or the
+/// reason it is rejected) with its spreadsheet row number. Blank rows are skipped.
+fn parse_span<T>(
+    text: &str,
+    span: std::ops::Range<usize>,
+    line: usize,
+    columns: &[(&'static str, usize)],
+    parse_row: &impl Fn(&Row<'_>) -> Result<T, String>,
+    out: &mut Vec<RowResult<T>>,
+) {
+    let bytes = &text.as_bytes()[span];
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(bytes);
     let mut lines = LineCounter {
-        text: text.as_bytes(),
+        text: bytes,
         at: 0,
-        line: 1,
+        line,
     };
-    reader.records().filter_map(move |r| match r {
-        Ok(record) => {
-            let row = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
-            if record.iter().all(|f| f.trim().is_empty()) {
-                return None;
+    let mut record = StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => return,
+            Ok(true) => {
+                let row = lines.line_at(record.position().map_or(0, |p| p.byte() as usize));
+                if record.iter().all(|f| f.trim().is_empty()) {
+                    continue;
+                }
+                out.push(RowResult {
+                    row,
+                    result: parse_row(&Row {
+                        columns,
+                        record: &record,
+                    }),
+                });
             }
-            Some((row, Ok(record)))
+            Err(e) => {
+                let row = lines.line_at(e.position().map_or(0, |p| p.byte() as usize));
+                out.push(RowResult {
+                    row,
+                    result: Err(format!("the row cannot be read: {e}")),
+                });
+            }
         }
-        Err(e) => {
-            let row = lines.line_at(e.position().map_or(0, |p| p.byte() as usize));
-            Some((row, Err(format!("the row cannot be read: {e}"))))
-        }
-    })
+    }
 }
 
 /// Files at least this large are parsed on several threads.
 const PARALLEL_FROM_BYTES: usize = 1 << 20;
-/// Rows handed to a parsing thread at a time.
-const ROWS_PER_BATCH: usize = 4096;
+/// Rows in one span handed to a parsing thread.
+const ROWS_PER_SPAN: usize = 8192;
 
-/// Reads a CSV of `spec` and turns each row into a `T` (or the reason it is rejected). One
-/// thread reads the records (the csv reader decides where each row ends); large files have
-/// their rows turned into `T`s by a few threads at once, and the results keep the file's order.
+/// Cuts `text[start..]` (whose first line is `line`) into spans of `ROWS_PER_SPAN` records,
+/// where the csv reader ends a record: (span, first line). `None` when a record cannot be read
+/// (the file is then read on one thread, which reports it).
+fn spans(text: &str, start: usize, line: usize) -> Option<Vec<(std::ops::Range<usize>, usize)>> {
+    let bytes = &text.as_bytes()[start..];
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .has_headers(false)
+        .from_reader(bytes);
+    let mut record = csv::ByteRecord::new();
+    let (mut spans, mut from, mut line, mut rows) = (Vec::new(), 0, line, 0);
+    while reader.read_byte_record(&mut record).ok()? {
+        rows += 1;
+        if rows == ROWS_PER_SPAN {
+            let to = (reader.position().byte() as usize).min(bytes.len());
+            spans.push((start + from..start + to, line));
+            line += count_lines(&bytes[from..to]);
+            (from, rows) = (to, 0);
+        }
+    }
+    if from < bytes.len() {
+        spans.push((start + from..text.len(), line));
+    }
+    Some(spans)
+}
+
+/// Reads a CSV of `spec` and turns each row into a `T` (or the reason it is rejected), in the
+/// file's order. A large file is first cut where the csv reader ends records, then its spans
+/// are parsed by a few threads at once.
 pub fn parse_rows<T: Send>(
     text: &str,
     spec: &ColumnSpec,
     parse_row: impl Fn(&Row<'_>) -> Result<T, String> + Sync,
 ) -> Result<Vec<RowResult<T>>, Unreadable> {
-    let mut sheet = Sheet::open(text, spec)?;
+    let sheet = Sheet::open(text, spec)?;
+    let (start, line) = sheet.body();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-    if threads < 2 || text.len() < PARALLEL_FROM_BYTES {
-        return Ok(sheet
-            .rows()
-            .map(|(row, r)| RowResult {
-                row,
-                result: r.and_then(|r| parse_row(&r)),
-            })
-            .collect());
-    }
-    type Batch = (usize, Vec<(usize, Result<StringRecord, String>)>);
-    let columns = sheet.columns.clone();
-    let (to_workers, batches) = std::sync::mpsc::sync_channel::<Batch>(threads * 2);
-    let batches = std::sync::Mutex::new(batches);
-    let done = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|| {
-                loop {
-                    // The lock is held only while taking a batch.
-                    let next = batches.lock().map(|rx| rx.recv());
-                    let Ok(Ok((index, records))) = next else {
-                        return;
-                    };
-                    let out: Vec<RowResult<T>> = records
-                        .into_iter()
-                        .map(|(row, record)| RowResult {
-                            row,
-                            result: record.and_then(|record| {
-                                parse_row(&Row {
-                                    columns: &columns,
-                                    record,
-                                })
-                            }),
-                        })
-                        .collect();
-                    if let Ok(mut done) = done.lock() {
-                        done.push((index, out));
+    let spans = (threads > 1 && text.len() >= PARALLEL_FROM_BYTES)
+        .then(|| spans(text, start, line))
+        .flatten()
+        .filter(|spans| spans.len() > 1);
+    let Some(spans) = spans else {
+        let mut rows = Vec::new();
+        parse_span(
+            text,
+            start..text.len(),
+            line,
+            &sheet.columns,
+            &parse_row,
+            &mut rows,
+        );
+        return Ok(rows);
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut parsed: Vec<(usize, Vec<RowResult<T>>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((span, line)) = spans.get(i) else {
+                            return mine;
+                        };
+                        let mut rows = Vec::with_capacity(ROWS_PER_SPAN);
+                        parse_span(
+                            text,
+                            span.clone(),
+                            *line,
+                            &sheet.columns,
+                            &parse_row,
+                            &mut rows,
+                        );
+                        mine.push((i, rows));
                     }
-                }
-            });
-        }
-        let mut batch = Vec::with_capacity(ROWS_PER_BATCH);
-        let mut index = 0;
-        for (row, r) in records(sheet.text, &mut sheet.reader) {
-            batch.push((row, r));
-            if batch.len() == ROWS_PER_BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(ROWS_PER_BATCH));
-                if to_workers.send((index, full)).is_err() {
-                    break;
-                }
-                index += 1;
-            }
-        }
-        if !batch.is_empty() {
-            let _ = to_workers.send((index, batch));
-        }
-        drop(to_workers);
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
     });
-    let mut done = done
-        .into_inner()
-        .map_err(|_| Unreadable("the file could not be parsed (a parsing thread failed)".into()))?;
-    done.sort_unstable_by_key(|(index, _)| *index);
-    Ok(done.into_iter().flat_map(|(_, rows)| rows).collect())
+    parsed.sort_unstable_by_key(|(i, _)| *i);
+    let mut rows = Vec::with_capacity(parsed.iter().map(|(_, rows)| rows.len()).sum());
+    for (_, span) in parsed {
+        rows.extend(span);
+    }
+    Ok(rows)
 }
 
 /// One data row.
 pub struct Row<'s> {
     columns: &'s [(&'static str, usize)],
-    record: StringRecord,
+    record: &'s StringRecord,
 }
 
 impl Row<'_> {
@@ -332,18 +376,19 @@ mod tests {
     fn headers_any_case_and_order_with_quoting() {
         let text =
             "Note,SURNAME,upn\n\"a, \"\"quoted\"\" note\",Taylor,B801200005001\n\n,Jones,X\n";
-        let mut s = Sheet::open(text, &SPEC).unwrap();
-        let rows: Vec<(usize, String, Option<String>)> = s
-            .rows()
-            .map(|(n, r)| {
-                let r = r.unwrap();
-                (
-                    n,
-                    r.need("surname").unwrap().to_string(),
-                    r.get("note").map(String::from),
-                )
-            })
-            .collect();
+        let rows: Vec<(usize, String, Option<String>)> = parse_rows(text, &SPEC, |r| {
+            Ok((
+                r.need("surname").unwrap().to_string(),
+                r.get("note").map(String::from),
+            ))
+        })
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            let (surname, note) = r.result.unwrap();
+            (r.row, surname, note)
+        })
+        .collect();
         assert_eq!(
             rows[0],
             (2, "Taylor".into(), Some("a, \"quoted\" note".into()))
@@ -372,9 +417,11 @@ mod tests {
             aliases: &[("NC Year Actual", "year_group")],
             loose: true,
         };
-        let mut s = Sheet::open("Date Of Birth,NCYearActual\n2011-03-14,9\n", &LOOSE).unwrap();
-        let (_, row) = s.rows().next().unwrap();
-        assert_eq!(row.unwrap().get("year_group"), Some("9"));
+        let rows = parse_rows("Date Of Birth,NCYearActual\n2011-03-14,9\n", &LOOSE, |r| {
+            Ok(r.get("year_group").map(String::from))
+        })
+        .unwrap();
+        assert_eq!(rows[0].result, Ok(Some("9".to_string())));
     }
 
     #[test]
@@ -382,15 +429,23 @@ mod tests {
         // Quoted cells with commas and line breaks, blank lines, short rows and bad rows, in a
         // file large enough to be parsed in parallel.
         let mut text = String::from("upn,surname,note\n");
+        let mut lines = std::collections::HashMap::new();
+        let mut line = 2;
         let mut i = 0;
         while text.len() < 3 * PARALLEL_FROM_BYTES {
-            match i % 7 {
-                0 => text.push_str(&format!("U{i},Smith,\"line one\nline two, {i}\"\n")),
-                1 => text.push_str("\n\n"),
-                2 => text.push_str(&format!("U{i},,no surname\n")),
-                3 => text.push_str(&format!("U{i}\n")),
-                _ => text.push_str(&format!("U{i},\"Jones, \"\"J\"\"\",{i}\n")),
+            let upn = format!("U{i}");
+            let row = match i % 7 {
+                0 => format!("{upn},Smith,\"line one\nline two, {i}\"\n"),
+                1 => "\n\n".to_string(),
+                2 => format!("{upn},,no surname\n"),
+                3 => format!("{upn}\n"),
+                _ => format!("{upn},\"Jones, \"\"J\"\"\",{i}\n"),
+            };
+            if i % 7 != 1 {
+                lines.insert(upn, line);
             }
+            line += row.matches('\n').count();
+            text.push_str(&row);
             i += 1;
         }
         let parse = |r: &Row<'_>| -> Result<(String, String, Option<String>), String> {
@@ -401,19 +456,25 @@ mod tests {
             ))
         };
         let parallel = parse_rows(&text, &SPEC, parse).unwrap();
-        let mut sheet = Sheet::open(&text, &SPEC).unwrap();
-        let one_thread: Vec<_> = sheet
-            .rows()
-            .map(|(row, r)| RowResult {
-                row,
-                result: r.and_then(|r| parse(&r)),
-            })
-            .collect();
-        assert!(
-            one_thread.len() > 2 * ROWS_PER_BATCH,
-            "{}",
-            one_thread.len()
+        let sheet = Sheet::open(&text, &SPEC).unwrap();
+        let (start, line) = sheet.body();
+        assert!(spans(&text, start, line).unwrap().len() > 2);
+        let mut one_thread = Vec::new();
+        parse_span(
+            &text,
+            start..text.len(),
+            line,
+            &sheet.columns,
+            &parse,
+            &mut one_thread,
         );
+        assert!(one_thread.len() > 2 * ROWS_PER_SPAN, "{}", one_thread.len());
+        // Row numbers are the lines a spreadsheet shows, counted independently here.
+        for r in &parallel {
+            if let Ok((upn, _, _)) = &r.result {
+                assert_eq!(Some(&r.row), lines.get(upn.as_str()), "{upn}");
+            }
+        }
         assert!(one_thread.iter().any(|r| r.result.is_err()));
         assert_eq!(parallel, one_thread);
     }
