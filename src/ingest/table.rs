@@ -439,6 +439,7 @@ mod tests {
                 1 => "\n\n".to_string(),
                 2 => format!("{upn},,no surname\n"),
                 3 => format!("{upn}\n"),
+                5 => format!("{upn},Brown,\"crlf\r\nin a cell\"\r\n\r\n"),
                 _ => format!("{upn},\"Jones, \"\"J\"\"\",{i}\n"),
             };
             if i % 7 != 1 {
