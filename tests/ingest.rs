@@ -166,6 +166,68 @@ crate::on_both_backends! {
         );
     }
 
+    /// A register large enough to be parsed on several threads and staged in several statements,
+    /// amending marks of an earlier file and naming some lessons twice: every row is a version,
+    /// the last one current, and nothing is counted twice.
+    fn large_register_with_amendments_and_repeated_lessons() {
+        let g = Gateway::start();
+        let day = |i: u32| {
+            chrono::NaiveDate::from_ymd_opt(2026, 1, 5).unwrap() + chrono::Days::new(u64::from(i))
+        };
+        // A long note makes the second file larger than the 1 MiB from which files are parsed
+        // on several threads.
+        let header = "date,start,end,course,upn,surname,forename,status,note\n";
+        let note = "n".repeat(120);
+        let line = |i: u32, status: &str| {
+            format!(
+                "{},09:00,12:00,Course,{},T,S,{status},{note}\n",
+                day(i / 200),
+                upn(300 + i % 200)
+            )
+        };
+        // First file: 6,000 lessons.
+        let mut first = String::from(header);
+        for i in 0..6_000 {
+            first.push_str(&line(i, "present"));
+        }
+        assert!(put(&g, "prov-a-user", "first.csv", &first, "/registers").ok);
+        // Second file: 3,000 of them amended, 3,000 new lessons, and 50 of the new ones named a
+        // second time later in the same file.
+        let mut second = String::from(header);
+        for i in 3_000..9_000 {
+            second.push_str(&line(i, "late"));
+        }
+        for i in 6_000..6_050 {
+            second.push_str(&line(i, "not_required"));
+        }
+        assert!(second.len() > 1 << 20);
+        assert!(put(&g, "prov-a-user", "second.csv", &second, "/registers").ok);
+        assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "12050");
+        assert_eq!(
+            g.sql("SELECT COUNT(*) FROM marks WHERE current = 1").trim(),
+            "9000"
+        );
+        assert_eq!(
+            g.sql("SELECT status || ':' || COUNT(*) FROM marks WHERE current = 1 GROUP BY status ORDER BY status")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            vec!["late:5950", "not_required:50", "present:3000"]
+        );
+        assert_eq!(
+            g.sql("SELECT version || ':' || COUNT(*) FROM marks WHERE current = 1 GROUP BY version ORDER BY version")
+                .split_whitespace()
+                .collect::<Vec<_>>(),
+            vec!["1:5950", "2:3050"]
+        );
+        let names = receipts(&g, "prov-a-user", "/receipts");
+        let r2 = names.iter().find(|n| n.ends_with("-second.csv.txt")).unwrap();
+        let receipt = read(&g, "prov-a-user", &format!("/receipts/{r2}"));
+        assert!(
+            receipt.contains("6050 accepted (3050 amended an earlier mark), 0 rejected"),
+            "{receipt}"
+        );
+    }
+
     fn school_roster_and_absence_decisions() {
         let g = Gateway::start();
         let (a, b) = (upn(11), upn(12));
