@@ -292,37 +292,55 @@ async fn insert_rows<'a, const N: usize>(
     staged: &'a [StagedMark<'a>],
 ) -> anyhow::Result<()> {
     let mut columns = format!("learner_id, row_number, {LESSON_COLUMNS}");
-    let mut row_sql = String::from("(?,?,?,?,?,?,?,?,?,?,?,?");
     for c in tail_columns {
         columns.push_str(", ");
         columns.push_str(c);
-        row_sql.push_str(",?");
     }
     if !constant_columns.is_empty() {
         columns.push_str(", ");
         columns.push_str(constant_columns);
-        row_sql.push(',');
-        row_sql.push_str(constants);
     }
-    row_sql.push(')');
-    let statement = |rows: usize| {
-        let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
-        for i in 0..rows {
-            if i > 0 {
-                sql.push(',');
-            }
-            sql.push_str(&row_sql);
-        }
-        sql
+    // The optional cells (group, location, dfe_code, note) are bound only where a chunk has
+    // some: a column empty in the whole chunk is a NULL in the statement, which saves a
+    // quarter of the parameters of a typical register.
+    let optional = |s: &StagedMark<'_>| -> u8 {
+        let r = s.mark;
+        [&r.group, &r.location, &r.dfe_code, &r.note]
+            .iter()
+            .enumerate()
+            .fold(0, |mask, (i, cell)| mask | (u8::from(cell.is_some()) << i))
     };
-    let full = statement(STAGING_ROWS);
-    let rest = statement(staged.len() % STAGING_ROWS);
-    let query = |chunk: &[StagedMark<'a>]| {
-        let sql = if chunk.len() == STAGING_ROWS {
-            &full
-        } else {
-            &rest
-        };
+    let chunk_masks: Vec<u8> = staged
+        .chunks(STAGING_ROWS)
+        .map(|chunk| chunk.iter().fold(0, |mask, s| mask | optional(s)))
+        .collect();
+    let mut statements: FastMap<(u8, usize), String> = fast_map(4);
+    for (chunk, mask) in staged.chunks(STAGING_ROWS).zip(&chunk_masks) {
+        statements.entry((*mask, chunk.len())).or_insert_with(|| {
+            let mut row_sql = String::from("(?,?,?,?,?,?,?,?");
+            for i in 0..4 {
+                row_sql.push_str(if mask & (1 << i) != 0 { ",?" } else { ",NULL" });
+            }
+            row_sql.push_str(&",?".repeat(N));
+            if !constant_columns.is_empty() {
+                row_sql.push(',');
+                row_sql.push_str(constants);
+            }
+            row_sql.push(')');
+            let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&row_sql);
+            }
+            sql
+        });
+    }
+    let query = |(chunk, mask): (&'a [StagedMark<'a>], &u8)| {
+        let sql = statements
+            .get(&(*mask, chunk.len()))
+            .ok_or("no statement for a chunk")?;
         // Reserved at its final size: growing it would copy every parameter several times.
         let mut args = AnyArguments::default();
         args.reserve(chunk.len() * (12 + N), 0);
@@ -336,19 +354,23 @@ async fn insert_rows<'a, const N: usize>(
             args.add(r.course.as_str())?;
             args.add(r.status.as_str())?;
             args.add(i64::from(r.contribution))?;
-            args.add(r.group.as_deref())?;
-            args.add(r.location.as_deref())?;
-            args.add(r.dfe_code.as_deref())?;
-            args.add(r.note.as_deref())?;
+            for (i, cell) in [&r.group, &r.location, &r.dfe_code, &r.note]
+                .into_iter()
+                .enumerate()
+            {
+                if mask & (1 << i) != 0 {
+                    args.add(cell.as_deref())?;
+                }
+            }
             for v in tail(s) {
                 args.add(v)?;
             }
         }
-        Ok::<_, sqlx::error::BoxDynError>(sqlx::query_with(sql, args))
+        Ok::<_, sqlx::error::BoxDynError>(sqlx::query_with(sql.as_str(), args))
     };
     // Each chunk's parameters are bound while the database executes the chunk before it (the
     // SQLite driver runs statements on its own thread): the two halves of the work overlap.
-    let mut chunks = staged.chunks(STAGING_ROWS);
+    let mut chunks = staged.chunks(STAGING_ROWS).zip(&chunk_masks);
     let mut next = chunks.next().map(query).transpose().map_err(bind_error)?;
     while let Some(current) = next.take() {
         let (done, built) = futures::join!(current.execute(&mut *conn), async {
