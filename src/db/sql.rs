@@ -170,6 +170,22 @@ impl SqlDb {
     }
 }
 
+/// Ends a sender's change to an upload (recall, rename): audited as refused unless it was done,
+/// in the same transaction.
+async fn finish_change(
+    mut tx: sqlx::Transaction<'static, sqlx::Any>,
+    audit: &AuditEntry,
+    outcome: ChangeOutcome,
+) -> anyhow::Result<ChangeOutcome> {
+    let mut audit = audit.clone();
+    if outcome != ChangeOutcome::Done {
+        audit.outcome = "refused".into();
+    }
+    append_audit(&mut tx, &audit).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
 pub(super) async fn append_audit(conn: &mut AnyConnection, e: &AuditEntry) -> anyhow::Result<()> {
     let head: Option<(i64, String)> =
         sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
@@ -728,13 +744,7 @@ impl Database for SqlDb {
                 ChangeOutcome::Done
             }
         };
-        let mut audit = audit.clone();
-        if outcome != ChangeOutcome::Done {
-            audit.outcome = "refused".into();
-        }
-        append_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        finish_change(tx, audit, outcome).await
     }
 
     async fn rename_upload(
@@ -795,13 +805,7 @@ impl Database for SqlDb {
                 }
             }
         };
-        let mut audit = audit.clone();
-        if outcome != ChangeOutcome::Done {
-            audit.outcome = "refused".into();
-        }
-        append_audit(&mut tx, &audit).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        finish_change(tx, audit, outcome).await
     }
 
     async fn org_usage(&self, org_id: i64) -> anyhow::Result<u64> {

@@ -279,6 +279,11 @@ struct StagedMark<'a> {
 const LESSON_COLUMNS: &str =
     "date, start, end_time, course, status, contribution, grp, location, dfe_code, note";
 
+/// The optional cells of a register row, in the order of `LESSON_COLUMNS`' last four.
+fn optional_cells(r: &RegisterRow) -> [&Option<String>; 4] {
+    [&r.group, &r.location, &r.dfe_code, &r.note]
+}
+
 /// Multi-row INSERTs with `?` parameters (SQLite; measured fastest there) of `staged` into
 /// `table`: each row is `learner_id, row_number`, the lesson values, then the `N` values of
 /// `tail` in `tail_columns`, then `constant_columns` set to `constants` (SQL text).
@@ -304,8 +309,7 @@ async fn insert_rows<'a, const N: usize>(
     // some: a column empty in the whole chunk is a NULL in the statement, which saves a third
     // of the parameters of a register without them.
     let optional = |s: &StagedMark<'_>| -> u8 {
-        let r = s.mark;
-        [&r.group, &r.location, &r.dfe_code, &r.note]
+        optional_cells(s.mark)
             .iter()
             .enumerate()
             .fold(0, |mask, (i, cell)| mask | (u8::from(cell.is_some()) << i))
@@ -354,10 +358,7 @@ async fn insert_rows<'a, const N: usize>(
             args.add(r.course.as_str())?;
             args.add(r.status.as_str())?;
             args.add(i64::from(r.contribution))?;
-            for (i, cell) in [&r.group, &r.location, &r.dfe_code, &r.note]
-                .into_iter()
-                .enumerate()
-            {
+            for (i, cell) in optional_cells(r).into_iter().enumerate() {
                 if mask & (1 << i) != 0 {
                     args.add(cell.as_deref())?;
                 }
