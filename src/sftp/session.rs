@@ -725,9 +725,14 @@ impl SftpSession {
                 let gw = self.gw.clone();
                 let size = file.size;
                 let reader = tokio::task::spawn_blocking(move || {
-                    gw.vault
-                        .open_blob(&vault_blob)
-                        .and_then(|r| ReadAhead::new(r, size))
+                    let blob = gw.vault.open_blob(&vault_blob)?;
+                    if blob.size() != size {
+                        return Err(std::io::Error::other(format!(
+                            "stored file {vault_blob} holds {} bytes, its record says {size}",
+                            blob.size()
+                        )));
+                    }
+                    ReadAhead::new(blob)
                 })
                 .await
                 .map_err(|e| FsError::Internal(e.into()))??;

@@ -3,9 +3,10 @@
 //! to `spool/` and renamed into `store/` only when it is committed.
 
 pub mod keys;
+mod stream;
 
 use std::fs;
-use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -129,16 +130,13 @@ impl Vault {
             .create_new(true)
             .mode(0o600)
             .open(&spool_path)?;
-        let encryptor = age::Encryptor::with_recipients(
-            self.recipients.iter().map(|r| r as &dyn age::Recipient),
-        )
-        .map_err(|e| io::Error::other(format!("age: {e}")))?;
+        let recipients = self.recipients.clone();
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let (done_tx, done) = oneshot::channel();
         std::thread::Builder::new()
             .name("apgate-encrypt".into())
             .spawn(move || {
-                let result = encrypt_stream(encryptor, file, rx, blob, spool_path.clone());
+                let result = encrypt_stream(&recipients, file, rx, blob, spool_path.clone());
                 if result.is_err() {
                     let _ = fs::remove_file(&spool_path);
                 }
@@ -192,11 +190,8 @@ impl Vault {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            let encryptor = age::Encryptor::with_recipients(
-                self.recipients.iter().map(|r| r as &dyn age::Recipient),
-            )
-            .map_err(|e| io::Error::other(format!("age: {e}")))?;
-            let mut out = encryptor.wrap_output(io::BufWriter::with_capacity(IO_BUFFER, file))?;
+            let mut out =
+                stream::seal(&self.recipients, io::BufWriter::with_capacity(IO_BUFFER, file))?;
             io::copy(&mut reader, &mut out)?;
             let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
@@ -216,12 +211,7 @@ impl Vault {
     /// Opens a stored file for reading at any offset.
     pub fn open_blob(&self, blob: &str) -> io::Result<BlobReader> {
         let file = fs::File::open(self.blob_path(blob))?;
-        let decryptor = age::Decryptor::new(BufReader::with_capacity(IO_BUFFER, file))
-            .map_err(|e| io::Error::other(format!("age: {e}")))?;
-        let reader = decryptor
-            .decrypt(self.identities.iter().map(|i| i as &dyn age::Identity))
-            .map_err(|e| io::Error::other(format!("age: {e}")))?;
-        Ok(BlobReader { reader, pos: 0 })
+        stream::open(file, &self.identities)
     }
 }
 
@@ -313,13 +303,13 @@ impl Write for FileWriterSink {
 }
 
 fn encrypt_stream(
-    encryptor: age::Encryptor,
+    recipients: &[age::x25519::Recipient],
     file: fs::File,
     mut rx: mpsc::Receiver<Chunk>,
     blob: String,
     spool_path: PathBuf,
 ) -> io::Result<SealedBlob> {
-    let mut out = encryptor.wrap_output(FileWriterSink::new(file)?)?;
+    let mut out = stream::seal(recipients, FileWriterSink::new(file)?)?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     loop {
@@ -342,19 +332,8 @@ fn encrypt_stream(
     })
 }
 
-impl Read for BlobReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.reader.read(buf)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-/// A decrypting reader over one stored file.
-pub struct BlobReader {
-    reader: age::stream::StreamReader<BufReader<fs::File>>,
-    pos: u64,
-}
+/// A decrypting reader over one stored file, at any offset.
+pub type BlobReader = stream::OpenReader;
 
 /// Plaintext bytes decrypted ahead of the reader per chunk (one OpenSSH read request).
 const READ_AHEAD_CHUNK: usize = 261_120;
@@ -372,12 +351,13 @@ pub struct ReadAhead {
     thread: Option<std::thread::JoinHandle<BlobReader>>,
     current: Option<(u64, Vec<u8>)>,
     ended_at: Option<u64>,
-    /// The plaintext size: age's reader must never be moved past it (it panics there).
+    /// The plaintext size.
     size: u64,
 }
 
 impl ReadAhead {
-    pub fn new(reader: BlobReader, size: u64) -> io::Result<ReadAhead> {
+    pub fn new(reader: BlobReader) -> io::Result<ReadAhead> {
+        let size = reader.size();
         let mut r = ReadAhead {
             rx: None,
             pool: None,
@@ -391,9 +371,8 @@ impl ReadAhead {
     }
 
     fn start(&mut self, mut reader: BlobReader, from: u64) -> io::Result<()> {
-        if reader.pos != from {
-            reader.reader.seek(SeekFrom::Start(from))?;
-            reader.pos = from;
+        if reader.position() != from {
+            reader.seek(SeekFrom::Start(from))?;
         }
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunked>(READ_AHEAD_DEPTH);
         let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_DEPTH + 2);
@@ -403,7 +382,7 @@ impl ReadAhead {
                 loop {
                     let mut buf = pool_rx.try_recv().unwrap_or_default();
                     buf.resize(READ_AHEAD_CHUNK, 0);
-                    let at = reader.pos;
+                    let at = reader.position();
                     let mut filled = 0;
                     let result = loop {
                         match reader.read(&mut buf[filled..]) {
@@ -590,7 +569,7 @@ mod tests {
 
             // Sequential, as OpenSSH reads.
             let mut ra =
-                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap(), len as u64).unwrap();
+                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
             let mut got = Vec::new();
             loop {
                 let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK);
@@ -604,7 +583,7 @@ mod tests {
 
             // Small reads, a jump back and a jump forward.
             let mut ra =
-                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap(), len as u64).unwrap();
+                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
             for (offset, n) in [
                 (0usize, 10usize),
                 (10, 4096),
