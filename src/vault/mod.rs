@@ -315,9 +315,15 @@ fn encrypt_stream(
     loop {
         match rx.blocking_recv() {
             Some(Chunk::Data(data)) => {
-                hasher.update(&data);
-                out.write_all(&data)?;
-                size += data.len() as u64;
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    let room = stream::CHUNK - (size % stream::CHUNK as u64) as usize;
+                    let (piece, after) = rest.split_at(room.min(rest.len()));
+                    hasher.update(piece);
+                    out.write_all(piece)?;
+                    size += piece.len() as u64;
+                    rest = after;
+                }
             }
             Some(Chunk::Finish) => break,
             None => return Err(io::Error::other("upload abandoned")),
@@ -340,159 +346,145 @@ const READ_AHEAD_CHUNK: usize = 261_120;
 /// Chunks decrypted ahead.
 const READ_AHEAD_DEPTH: usize = 8;
 
-type Chunked = io::Result<(u64, Vec<u8>)>;
+/// A decrypted chunk: the seek it answers, where it starts, and its plaintext (short or empty at
+/// the end of the file).
+type Decrypted = (u64, u64, io::Result<Vec<u8>>);
 
 /// Decrypts a stored file on a thread of its own, ahead of sequential reads, so a download's
-/// next reply is ready when it is asked for. A read elsewhere in the file restarts it there.
+/// next reply is ready when it is asked for. A read elsewhere in the file sends the thread there;
+/// chunks it decrypted before it saw the seek are recognised by their seek number and dropped.
+/// The runtime never waits on the thread: chunks arrive through an async channel.
 pub struct ReadAhead {
-    /// In a mutex only to be `Sync` (sessions are shared across await points); never contended.
-    rx: Option<std::sync::Mutex<std::sync::mpsc::Receiver<Chunked>>>,
-    pool: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    thread: Option<std::thread::JoinHandle<BlobReader>>,
+    chunks: mpsc::Receiver<Decrypted>,
+    seeks: std::sync::mpsc::Sender<(u64, u64)>,
+    /// Used buffers going back to the thread.
+    pool: std::sync::mpsc::SyncSender<Vec<u8>>,
+    /// The number of the last seek; only chunks that answer it are used.
+    seek: u64,
     current: Option<(u64, Vec<u8>)>,
-    ended_at: Option<u64>,
-    /// The plaintext size.
+    /// Where the thread's next chunk starts; `None` once it has sent the last one.
+    stream_at: Option<u64>,
     size: u64,
 }
 
 impl ReadAhead {
-    pub fn new(reader: BlobReader) -> io::Result<ReadAhead> {
+    pub fn new(mut reader: BlobReader) -> io::Result<ReadAhead> {
         let size = reader.size();
-        let mut r = ReadAhead {
-            rx: None,
-            pool: None,
-            thread: None,
-            current: None,
-            ended_at: None,
-            size,
-        };
-        r.start(reader, 0)?;
-        Ok(r)
-    }
-
-    fn start(&mut self, mut reader: BlobReader, from: u64) -> io::Result<()> {
-        if reader.position() != from {
-            reader.seek(SeekFrom::Start(from))?;
-        }
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunked>(READ_AHEAD_DEPTH);
-        let (pool_tx, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_DEPTH + 2);
-        let thread = std::thread::Builder::new()
+        let (tx, chunks) = mpsc::channel::<Decrypted>(READ_AHEAD_DEPTH);
+        let (seeks, seek_rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let (pool, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_DEPTH + 2);
+        std::thread::Builder::new()
             .name("apgate-decrypt".into())
             .spawn(move || {
+                let mut seek = 0;
                 loop {
+                    // Follow the newest seek, if any came.
+                    while let Ok((n, to)) = seek_rx.try_recv() {
+                        seek = n;
+                        if let Err(e) = reader.seek(SeekFrom::Start(to)) {
+                            let _ = tx.blocking_send((seek, to, Err(e)));
+                            return;
+                        }
+                    }
+                    let at = reader.position();
                     let mut buf = pool_rx.try_recv().unwrap_or_default();
                     buf.resize(READ_AHEAD_CHUNK, 0);
-                    let at = reader.position();
-                    let mut filled = 0;
-                    let result = loop {
-                        match reader.read(&mut buf[filled..]) {
-                            Ok(0) => break Ok(()),
-                            Ok(n) => {
-                                filled += n;
-                                if filled == buf.len() {
-                                    break Ok(());
+                    let result = read_full(&mut reader, &mut buf).map(|n| {
+                        buf.truncate(n);
+                        buf
+                    });
+                    let last = result.as_ref().map_or(true, |b| b.len() < READ_AHEAD_CHUNK);
+                    let failed = result.is_err();
+                    if tx.blocking_send((seek, at, result)).is_err() || failed {
+                        return;
+                    }
+                    if last {
+                        // At the end: wait for a seek, or for the reader to go.
+                        match seek_rx.recv() {
+                            Ok((n, to)) => {
+                                seek = n;
+                                if let Err(e) = reader.seek(SeekFrom::Start(to)) {
+                                    let _ = tx.blocking_send((seek, to, Err(e)));
+                                    return;
                                 }
                             }
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => break Err(e),
+                            Err(_) => return,
                         }
-                    };
-                    buf.truncate(filled);
-                    let last = result.is_err() || filled < READ_AHEAD_CHUNK;
-                    if tx.send(result.map(|()| (at, buf))).is_err() || last {
-                        break;
                     }
                 }
-                reader
             })?;
-        self.rx = Some(std::sync::Mutex::new(rx));
-        self.pool = Some(pool_tx);
-        self.thread = Some(thread);
-        self.current = None;
-        self.ended_at = None;
-        Ok(())
+        Ok(ReadAhead {
+            chunks,
+            seeks,
+            pool,
+            seek: 0,
+            current: None,
+            stream_at: Some(0),
+            size,
+        })
     }
 
-    /// Stops the thread and takes the reader back.
-    fn stop(&mut self) -> io::Result<BlobReader> {
-        self.rx = None;
-        self.pool = None;
-        self.thread
-            .take()
-            .and_then(|t| t.join().ok())
-            .ok_or_else(|| io::Error::other("the decryption thread stopped"))
-    }
-
-    /// Fills `out` from `offset`; returns the bytes copied (0 at the end of the file).
-    pub fn read_at(&mut self, offset: u64, out: &mut [u8]) -> io::Result<usize> {
+    /// The plaintext from `offset` to the end of the chunk that holds it, waiting for the
+    /// thread if need be; `None` at or past the end of the file.
+    pub async fn ready(&mut self, offset: u64) -> io::Result<Option<&[u8]>> {
         if offset >= self.size {
-            return Ok(0);
+            return Ok(None);
         }
-        loop {
-            if let Some((start, data)) = &self.current {
-                let end = start + data.len() as u64;
-                if offset >= *start && offset < end {
-                    let from = (offset - start) as usize;
-                    let n = out.len().min(data.len() - from);
-                    out[..n].copy_from_slice(&data[from..from + n]);
-                    return Ok(n);
-                }
-                if offset != end {
-                    let reader = self.stop()?;
-                    self.start(reader, offset)?;
-                    continue;
-                }
-                if let (Some((_, used)), Some(pool)) = (self.current.take(), &self.pool) {
-                    let _ = pool.try_send(used);
-                }
+        while !self
+            .current
+            .as_ref()
+            .is_some_and(|(start, data)| (*start..start + data.len() as u64).contains(&offset))
+        {
+            if self.stream_at != Some(offset) {
+                self.seek += 1;
+                self.stream_at = Some(offset);
+                self.seeks
+                    .send((self.seek, offset))
+                    .map_err(|_| io::Error::other("the decryption thread stopped"))?;
             }
-            if self.ended_at.is_some_and(|e| offset >= e) {
-                return Ok(0);
+            if let Some((_, used)) = self.current.take() {
+                let _ = self.pool.try_send(used);
             }
-            let next = match &self.rx {
-                Some(rx) => rx.lock().ok().and_then(|rx| rx.recv().ok()),
-                None => None,
-            };
-            match next {
-                Some(Ok((start, data))) => {
-                    if data.is_empty() {
-                        self.ended_at = Some(start);
-                    } else {
-                        if data.len() < READ_AHEAD_CHUNK {
-                            self.ended_at = Some(start + data.len() as u64);
+            let data = loop {
+                match self.chunks.recv().await {
+                    Some((seek, start, result)) if seek == self.seek => {
+                        let data = result?;
+                        if start != offset {
+                            return Err(io::Error::other(format!(
+                                "read-ahead out of step: chunk at {start}, wanted {offset}"
+                            )));
                         }
-                        self.current = Some((start, data));
+                        break data;
                     }
-                    if start != offset
-                        && self
-                            .current
-                            .as_ref()
-                            .is_none_or(|(s, d)| offset < *s || offset > s + d.len() as u64)
-                    {
-                        let reader = self.stop()?;
-                        self.start(reader, offset)?;
-                    }
+                    Some(_) => {}
+                    None => return Err(io::Error::other("the decryption thread stopped")),
                 }
-                Some(Err(e)) => return Err(e),
-                None => {
-                    // The thread finished after the last chunk: restart only if asked before it.
-                    let reader = self.stop()?;
-                    if self.ended_at.is_some_and(|e| offset >= e) {
-                        return Ok(0);
-                    }
-                    self.start(reader, offset)?;
-                }
+            };
+            self.stream_at = (data.len() == READ_AHEAD_CHUNK).then(|| offset + data.len() as u64);
+            if data.is_empty() {
+                return Ok(None);
             }
+            self.current = Some((offset, data));
         }
+        Ok(self
+            .current
+            .as_ref()
+            .map(|(start, data)| &data[(offset - start) as usize..]))
     }
 }
 
-impl Drop for ReadAhead {
-    fn drop(&mut self) {
-        // Closing the channels ends the thread after its current chunk; nobody waits for it.
-        self.rx = None;
-        self.pool = None;
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(reader: &mut BlobReader, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(filled)
 }
 
 /// `apgate keys reencrypt`: every stored file not yet re-encrypted to the current recipient set,
@@ -541,11 +533,11 @@ mod tests {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
     }
 
-    fn read(ra: &mut ReadAhead, offset: u64, len: usize) -> Vec<u8> {
-        let mut buf = vec![0; len];
-        let n = ra.read_at(offset, &mut buf).unwrap();
-        buf.truncate(n);
-        buf
+    async fn read(ra: &mut ReadAhead, offset: u64, len: usize) -> Vec<u8> {
+        match ra.ready(offset).await.unwrap() {
+            Some(data) => data[..len.min(data.len())].to_vec(),
+            None => Vec::new(),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -572,14 +564,14 @@ mod tests {
                 ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
             let mut got = Vec::new();
             loop {
-                let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK);
+                let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK).await;
                 if chunk.is_empty() {
                     break;
                 }
                 got.extend(chunk);
             }
             assert_eq!(got, data, "sequential read of {len} bytes");
-            assert!(read(&mut ra, len as u64 + 5, 10).is_empty());
+            assert!(read(&mut ra, len as u64 + 5, 10).await.is_empty());
 
             // Small reads, a jump back and a jump forward.
             let mut ra =
@@ -592,8 +584,14 @@ mod tests {
                 (len.saturating_sub(3), 100),
             ] {
                 let want = &data[offset.min(len)..(offset + n).min(len)];
+                let mut got = Vec::new();
+                while got.len() < want.len() {
+                    let more = read(&mut ra, (offset + got.len()) as u64, n - got.len()).await;
+                    assert!(!more.is_empty(), "{len} bytes at {offset}: ended early");
+                    got.extend(more);
+                }
                 assert_eq!(
-                    read(&mut ra, offset as u64, n),
+                    got,
                     want,
                     "{len} bytes at {offset}"
                 );
