@@ -3,16 +3,26 @@
 
 Both servers run on 127.0.0.1 with their files on tmpfs; the same OpenSSH `sftp` client moves the
 same file with the same cipher. apgate encrypts at rest with age, sshd stores plaintext. For each
-cipher and direction: median MB/s of N runs, server CPU seconds per GiB, and the ratio
-apgate/OpenSSH. Then 200 concurrent sessions each upload 100 KiB: wall time and apgate's peak RSS.
+cipher and direction: median MB/s of N runs, server CPU seconds per GiB, the client's (sftp + ssh)
+CPU seconds per GiB, and the ratio apgate/OpenSSH. Then 200 concurrent sessions each upload
+100 KiB: wall time and apgate's peak RSS.
 
-    python3 bench/throughput.py [--size-mib 1024] [--runs 3] [--sessions 200]
+Before timing, each server takes one untimed upload and download, so neither pays for the first
+touch of fresh tmpfs memory in its first timed run. Downloads are written by the client to
+/dev/null (`--download-to null`, the default): written to a tmpfs file instead, the client's own
+page allocation is the bottleneck of both servers and varies twofold from run to run, which hides
+the servers. `--download-to file` measures that way. Either way, one untimed apgate download per
+cipher is written to a file and compared with the source.
+
+    python3 bench/throughput.py [--size-mib 1024] [--runs 3] [--sessions 200] [--download-to null]
 
 Needs: cargo, OpenSSH client and server (/usr/sbin/sshd), ssh-keygen. Not part of the test suite.
 """
 
 import argparse
+import hashlib
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -156,12 +166,27 @@ class OpenSSH:
         self.proc.wait()
 
 
+def client_cpu():
+    """CPU seconds of the reaped clients (sftp and the ssh it runs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measure(run, cpu, size):
-    before = cpu()
+    before, client_before = cpu(), client_cpu()
     seconds = run()
     time.sleep(0.3)  # let the server finish its side of the close
-    used = cpu() - before
-    return size / seconds / 1e6, used / (size / 2**30)
+    used, client = cpu() - before, client_cpu() - client_before
+    gib = size / 2**30
+    return size / seconds / 1e6, used / gib, client / gib
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def main():
@@ -171,6 +196,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--ciphers", default=",".join(CIPHERS), help="comma-separated OpenSSH cipher names")
+    ap.add_argument("--download-to", choices=["null", "file"], default="null",
+                    help="where the client writes downloads: /dev/null, or a file on --tmp")
     args = ap.parse_args()
 
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
@@ -183,9 +210,12 @@ def main():
         for _ in range(args.size_mib):
             f.write(chunk)
     back = os.path.join(work, "back.bin")
+    sink = "/dev/null" if args.download_to == "null" else back
+    source_sha = sha256_of(src)
 
     ag, ssh = Apgate(work, binary), OpenSSH(work)
     print(f"file {args.size_mib} MiB on {args.tmp or 'the default temp dir'}; median of {args.runs} runs; "
+          f"downloads to {sink}; "
           f"OpenSSH client: {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
     try:
         if args.sessions > 0:
@@ -207,8 +237,20 @@ def main():
                 wall = time.monotonic() - start
                 extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB" if label == "apgate" else ""
                 print(f"{args.sessions} concurrent sessions x 100 KiB to {label}: all succeeded in {wall:.2f} s{extra}")
+        # Warm-up: one untimed upload and download through each server.
+        warm = CIPHERS[0]
+        sftp(ssh.port, ssh.key, ssh.user, warm, f"put {src} {ssh.dir}/files/warm.bin\n", work)
+        sftp(ssh.port, ssh.key, ssh.user, warm, f"get {ssh.dir}/files/warm.bin {sink}\n", work)
+        os.remove(os.path.join(ssh.dir, "files", "warm.bin"))
+        sftp(ag.port, ag.key("cap"), "cap-user", warm,
+             f"put {src} /outbox/school-a/coordinator/warm.bin\n", work)
+        sftp(ag.port, ag.key("school-a"), "school-a-user", warm, f"get /inbox/warm.bin {sink}\n", work)
+        ag.drop_stored()
+        if os.path.exists(back):
+            os.remove(back)
+
         print(f"{'cipher':32} {'dir':5} {'OpenSSH MB/s':>12} {'apgate MB/s':>12} {'ratio':>6} "
-              f"{'sshd CPU s/GiB':>15} {'apgate CPU s/GiB':>17}")
+              f"{'sshd CPU s/GiB':>15} {'apgate CPU s/GiB':>17} {'client CPU s/GiB (OpenSSH, apgate)':>35}")
         for cipher in args.ciphers.split(","):
             rows = {"up": ([], []), "down": ([], [])}
             for i in range(args.runs):
@@ -219,28 +261,38 @@ def main():
                                  f"put {src} {ssh.dir}/files/{name}\n", work), ssh.cpu, size))
                 rows["down"][0].append(measure(
                     lambda: sftp(ssh.port, ssh.key, ssh.user, cipher,
-                                 f"get {ssh.dir}/files/{name} {back}\n", work), ssh.cpu, size))
+                                 f"get {ssh.dir}/files/{name} {sink}\n", work), ssh.cpu, size))
                 os.remove(os.path.join(ssh.dir, "files", name))
-                os.remove(back)
+                if os.path.exists(back):
+                    os.remove(back)
                 # apgate, age at rest.
+                stored = f"{cipher[:6]}-{name}"
                 rows["up"][1].append(measure(
                     lambda: sftp(ag.port, ag.key("cap"), "cap-user", cipher,
-                                 f"put {src} /outbox/school-a/coordinator/{cipher[:6]}-{name}\n", work),
+                                 f"put {src} /outbox/school-a/coordinator/{stored}\n", work),
                     ag.cpu, size))
                 rows["down"][1].append(measure(
                     lambda: sftp(ag.port, ag.key("school-a"), "school-a-user", cipher,
-                                 f"get /inbox/{cipher[:6]}-{name} {back}\n", work), ag.cpu, size))
-                if os.path.getsize(back) != size:
-                    sys.exit("apgate download has the wrong size")
-                os.remove(back)
+                                 f"get /inbox/{stored} {sink}\n", work), ag.cpu, size))
+                if os.path.exists(back):
+                    os.remove(back)
+                if i + 1 == args.runs:
+                    # Untimed: what apgate sends back is the file that was sent.
+                    sftp(ag.port, ag.key("school-a"), "school-a-user", cipher,
+                         f"get /inbox/{stored} {back}\n", work)
+                    if sha256_of(back) != source_sha:
+                        sys.exit("apgate download differs from the file uploaded")
+                    os.remove(back)
                 ag.drop_stored()
             for direction, (o, a) in rows.items():
-                o_mbs = statistics.median(x[0] for x in o)
-                a_mbs = statistics.median(x[0] for x in a)
-                o_cpu = statistics.median(x[1] for x in o)
-                a_cpu = statistics.median(x[1] for x in a)
+                o_mbs, a_mbs, o_cpu, a_cpu, o_cl, a_cl = (
+                    statistics.median(x[k] for x in rows_)
+                    for k, rows_ in [(0, o), (0, a), (1, o), (1, a), (2, o), (2, a)])
                 print(f"{cipher:32} {direction:5} {o_mbs:12.0f} {a_mbs:12.0f} {a_mbs / o_mbs:6.2f} "
-                      f"{o_cpu:15.2f} {a_cpu:17.2f}", flush=True)
+                      f"{o_cpu:15.2f} {a_cpu:17.2f} {o_cl:27.2f}, {a_cl:.2f}", flush=True)
+                print(f"{'':32} {'':5} runs, MB/s: OpenSSH "
+                      f"{' '.join(f'{x[0]:.0f}' for x in o)}; apgate {' '.join(f'{x[0]:.0f}' for x in a)}",
+                      flush=True)
 
     finally:
         ag.stop()

@@ -29,6 +29,8 @@ use crate::vault::keys::Keys;
 /// never blocks on this queue (that is what prevents the russh channel-queue deadlock); a client
 /// that overruns it is disconnected.
 const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
+/// Bytes read from a client's socket at a time.
+const SOCKET_READ_BUFFER: usize = 256 * 1024;
 
 /// A live session row that its process has not renewed for this long no longer counts against
 /// the user's limit (the process stopped). Processes renew theirs three times as often.
@@ -144,6 +146,9 @@ pub async fn accept_loop(
                 }
             }
             let handler = Connection::new(gw, peer);
+            // russh reads each packet with two exact reads; a buffer in front of the socket
+            // turns the tens of thousands of small reads per uploaded GiB into a few thousand.
+            let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
             match russh::server::run_stream(config, socket, handler).await {
                 Ok(session) => {
                     if let Err(e) = session.await {
