@@ -30,7 +30,7 @@ use crate::vault::keys::Keys;
 /// that overruns it is disconnected.
 const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
 /// Bytes read from a client's socket at a time.
-const SOCKET_READ_BUFFER: usize = 256 * 1024;
+const SOCKET_READ_BUFFER: usize = 64 * 1024;
 
 /// A live session row that its process has not renewed for this long no longer counts against
 /// the user's limit (the process stopped). Processes renew theirs three times as often.

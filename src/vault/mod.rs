@@ -190,8 +190,10 @@ impl Vault {
                 .truncate(true)
                 .mode(0o600)
                 .open(&tmp)?;
-            let mut out =
-                stream::seal(&self.recipients, io::BufWriter::with_capacity(IO_BUFFER, file))?;
+            let mut out = stream::seal(
+                &self.recipients,
+                io::BufWriter::with_capacity(IO_BUFFER, file),
+            )?;
             io::copy(&mut reader, &mut out)?;
             let file = out.finish()?.into_inner().map_err(|e| e.into_error())?;
             file.sync_all()?;
@@ -560,8 +562,7 @@ mod tests {
             assert!(stored.starts_with(b"age-encryption.org/v1\n"));
 
             // Sequential, as OpenSSH reads.
-            let mut ra =
-                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
+            let mut ra = ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
             let mut got = Vec::new();
             loop {
                 let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK).await;
@@ -574,8 +575,7 @@ mod tests {
             assert!(read(&mut ra, len as u64 + 5, 10).await.is_empty());
 
             // Small reads, a jump back and a jump forward.
-            let mut ra =
-                ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
+            let mut ra = ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
             for (offset, n) in [
                 (0usize, 10usize),
                 (10, 4096),
@@ -590,11 +590,7 @@ mod tests {
                     assert!(!more.is_empty(), "{len} bytes at {offset}: ended early");
                     got.extend(more);
                 }
-                assert_eq!(
-                    got,
-                    want,
-                    "{len} bytes at {offset}"
-                );
+                assert_eq!(got, want, "{len} bytes at {offset}");
             }
         }
     }

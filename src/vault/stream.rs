@@ -181,11 +181,17 @@ pub struct SealWriter<W: Write> {
 }
 
 /// Starts an age file to `recipients` on `out`.
-pub fn seal<W: Write>(recipients: &[age::x25519::Recipient], mut out: W) -> io::Result<SealWriter<W>> {
+pub fn seal<W: Write>(
+    recipients: &[age::x25519::Recipient],
+    mut out: W,
+) -> io::Result<SealWriter<W>> {
     let tap = KeyTap::default();
     let tapped: Vec<TapRecipient> = recipients
         .iter()
-        .map(|r| TapRecipient { inner: r, tap: &tap })
+        .map(|r| TapRecipient {
+            inner: r,
+            tap: &tap,
+        })
         .collect();
     let encryptor =
         age::Encryptor::with_recipients(tapped.iter().map(|r| r as &dyn age::Recipient))
@@ -285,7 +291,10 @@ pub fn open(file: File, identities: &[age::x25519::Identity]) -> io::Result<Open
     let tap = KeyTap::default();
     let tapped: Vec<TapIdentity> = identities
         .iter()
-        .map(|i| TapIdentity { inner: i, tap: &tap })
+        .map(|i| TapIdentity {
+            inner: i,
+            tap: &tap,
+        })
         .collect();
     // age parses the header, unwraps the file key and checks the header's MAC.
     let decryptor = age::Decryptor::new(BufReader::with_capacity(4096, &file))
@@ -400,7 +409,10 @@ impl Seek for OpenReader {
             SeekFrom::End(d) => self.size.checked_add_signed(d),
         };
         self.pos = target.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
         })?;
         Ok(self.pos)
     }
@@ -465,7 +477,17 @@ mod tests {
         Ok(out)
     }
 
-    const SIZES: [usize; 9] = [0, 1, 100, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 5 * CHUNK + 3, 9 * CHUNK];
+    const SIZES: [usize; 9] = [
+        0,
+        1,
+        100,
+        CHUNK - 1,
+        CHUNK,
+        CHUNK + 1,
+        2 * CHUNK,
+        5 * CHUNK + 3,
+        9 * CHUNK,
+    ];
 
     #[test]
     fn the_age_crate_reads_what_is_sealed_here() {
@@ -474,7 +496,11 @@ mod tests {
             let data = plaintext(size);
             for piece in [1000, CHUNK, 261_120] {
                 let sealed = seal_bytes(&r, &data, piece);
-                assert_eq!(age_crate_open(&id, &sealed).unwrap(), data, "size {size}, piece {piece}");
+                assert_eq!(
+                    age_crate_open(&id, &sealed).unwrap(),
+                    data,
+                    "size {size}, piece {piece}"
+                );
             }
         }
     }
@@ -484,7 +510,11 @@ mod tests {
         let (id, r) = keys();
         for size in SIZES {
             let data = plaintext(size);
-            assert_eq!(open_all(&id, &age_crate_seal(&r, &data)).unwrap(), data, "size {size}");
+            assert_eq!(
+                open_all(&id, &age_crate_seal(&r, &data)).unwrap(),
+                data,
+                "size {size}"
+            );
         }
     }
 
@@ -494,7 +524,13 @@ mod tests {
         let data = plaintext(9 * CHUNK + 1234);
         let (_dir, file) = on_disk(&seal_bytes(&r, &data, 5000));
         let mut reader = open(file, std::slice::from_ref(&id)).unwrap();
-        for (at, len) in [(0, 10), (CHUNK * 7 - 3, 10), (5, CHUNK * 6), (CHUNK * 9, 2000), (100, 1)] {
+        for (at, len) in [
+            (0, 10),
+            (CHUNK * 7 - 3, 10),
+            (5, CHUNK * 6),
+            (CHUNK * 9, 2000),
+            (100, 1),
+        ] {
             reader.seek(SeekFrom::Start(at as u64)).unwrap();
             let mut buf = vec![0u8; len];
             let mut got = 0;
@@ -508,7 +544,9 @@ mod tests {
             let want = &data[at.min(data.len())..(at + len).min(data.len())];
             assert_eq!(&buf[..got], want, "at {at}, len {len}");
         }
-        reader.seek(SeekFrom::Start(data.len() as u64 + 10)).unwrap();
+        reader
+            .seek(SeekFrom::Start(data.len() as u64 + 10))
+            .unwrap();
         assert_eq!(reader.read(&mut [0u8; 10]).unwrap(), 0);
     }
 
@@ -535,7 +573,11 @@ mod tests {
         let (id, r) = keys();
         let data = plaintext(2 * CHUNK + 10);
         let sealed = seal_bytes(&r, &data, CHUNK);
-        for at in [sealed.len() - 1, sealed.len() - 20, sealed.len() - 2 * SEALED_CHUNK] {
+        for at in [
+            sealed.len() - 1,
+            sealed.len() - 20,
+            sealed.len() - 2 * SEALED_CHUNK,
+        ] {
             let mut bad = sealed.clone();
             bad[at] ^= 1;
             assert!(open_all(&id, &bad).is_err(), "flipped byte {at}");
