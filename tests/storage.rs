@@ -221,6 +221,52 @@ crate::on_both_backends! {
         });
     }
 
+    /// The disk fills up mid-upload: the client gets an error, no half file stays in the spool
+    /// or the store, the abort is audited with the reason, and the next file that fits goes
+    /// through whole.
+    fn a_full_disk_fails_the_upload_and_leaves_nothing() {
+        let g = Gateway::configured("");
+        let Some(disk) = common::SmallDisk::mount(&g.path("data"), "16m") else {
+            return;
+        };
+        let mut g = g.seeded();
+        let big = g.file("big.bin", &noise(40 * 1024 * 1024, 11));
+        let r = g.sftp(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/big.bin\n", big.display()),
+        );
+        assert!(!r.ok, "a 40 MiB file cannot fit in 16 MiB: {}", r.all());
+        wait_until("the spool to be emptied", Duration::from_secs(20), || {
+            common::walk(&g.path("data/spool")).is_empty()
+        });
+        assert!(g.stored_blobs().is_empty(), "no half file in the store");
+        assert_eq!(g.sql("SELECT COUNT(*) FROM uploads").trim(), "0");
+        wait_until("the abort to be audited", Duration::from_secs(10), || {
+            g.sql(
+                "SELECT COUNT(*) FROM audit WHERE action = 'upload aborted' \
+                 AND detail LIKE '%big.bin: the gateway''s storage is full%'",
+            )
+            .trim()
+                == "1"
+        });
+
+        let content = noise(300_000, 12);
+        let small = g.file("small.bin", &content);
+        g.sftp_ok(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/small.bin\n", small.display()),
+        );
+        let got = g.path("files/got.bin");
+        g.sftp_ok(
+            "cap-user",
+            &format!("get /inbox/school-a/small.bin {}\n", got.display()),
+        );
+        assert!(std::fs::read(&got).unwrap() == content, "the next file arrives whole");
+        assert_eq!(g.stored_blobs().len(), 1);
+        g.stop_server();
+        drop(disk);
+    }
+
     fn size_and_quota_limits_refuse_and_store_nothing() {
         let g = Gateway::start_with(
             "limits: { max_file_size: 100KiB, quota_per_org: 250KiB, connections_per_second: 200 }",

@@ -922,17 +922,22 @@ impl SftpSession {
             return Ok(());
         }
         up.next_offset = end;
-        up.writer.write(data).await?;
-        while let Some(entry) = up.reorder.first_entry() {
-            if *entry.key() != up.next_offset {
-                break;
-            }
+        let mut written = up.writer.write(data).await;
+        while written.is_ok()
+            && let Some(entry) = up.reorder.first_entry()
+            && *entry.key() == up.next_offset
+        {
             let chunk = entry.remove();
             up.reorder_bytes -= chunk.len();
             up.next_offset += chunk.len() as u64;
-            up.writer.write(chunk).await?;
+            written = up.writer.write(chunk).await;
         }
-        Ok(())
+        // A failed store (a full disk, say) fails the upload for good; close discards it.
+        written.map_err(|e| {
+            let e = FsError::from(e);
+            up.failed = Some(e.status().1);
+            e
+        })
     }
 
     async fn close(&mut self, handle: &[u8]) -> FsResult<()> {
@@ -960,7 +965,14 @@ impl SftpSession {
             self.audit_aborted(&folder, &name, &msg).await;
             return Err(FsError::Failure(msg));
         }
-        let sealed = writer.finish().await?;
+        let sealed = match writer.finish().await {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                let e = FsError::from(e);
+                self.audit_aborted(&folder, &name, &e.status().1).await;
+                return Err(e);
+            }
+        };
         if is_temp_name(&name) {
             self.staged
                 .insert((folder.path.clone(), name), Staged { sealed });

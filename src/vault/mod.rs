@@ -41,21 +41,27 @@ enum Chunk {
 }
 
 /// The writing end of an upload. Dropping it without [`UploadWriter::finish`] discards the file.
+/// After a failed write, only [`UploadWriter::abort`] is of use.
 pub struct UploadWriter {
     tx: mpsc::Sender<Chunk>,
-    done: oneshot::Receiver<io::Result<SealedBlob>>,
+    /// The thread's outcome, until it has been read once.
+    done: Option<oneshot::Receiver<io::Result<SealedBlob>>>,
 }
 
 impl UploadWriter {
     pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
         if self.tx.send(Chunk::Data(data)).await.is_err() {
             // The thread stopped: its error is waiting in `done`.
-            return Err(match (&mut self.done).await {
-                Ok(Err(e)) => e,
-                _ => io::Error::other("the encryption thread stopped"),
-            });
+            return Err(self.outcome().await.err().unwrap_or_else(stopped));
         }
         Ok(())
+    }
+
+    async fn outcome(&mut self) -> io::Result<SealedBlob> {
+        match self.done.take() {
+            Some(done) => done.await.unwrap_or_else(|_| Err(stopped())),
+            None => Err(io::Error::other("the upload has already failed")),
+        }
     }
 
     /// Discards the upload and returns once its spool file is gone.
@@ -63,15 +69,19 @@ impl UploadWriter {
         let UploadWriter { tx, done } = self;
         drop(tx);
         // The thread removes the file before it reports.
-        let _ = done.await;
+        if let Some(done) = done {
+            let _ = done.await;
+        }
     }
 
-    pub async fn finish(self) -> io::Result<SealedBlob> {
+    pub async fn finish(mut self) -> io::Result<SealedBlob> {
         let _ = self.tx.send(Chunk::Finish).await;
-        self.done
-            .await
-            .unwrap_or_else(|_| Err(io::Error::other("the encryption thread stopped")))
+        self.outcome().await
     }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the encryption thread stopped")
 }
 
 fn random_id() -> io::Result<String> {
@@ -142,7 +152,10 @@ impl Vault {
                 }
                 let _ = done_tx.send(result);
             })?;
-        Ok(UploadWriter { tx, done })
+        Ok(UploadWriter {
+            tx,
+            done: Some(done),
+        })
     }
 
     /// Moves a sealed upload into the store. After this the database may refer to it.

@@ -70,6 +70,48 @@ pub fn on_postgres(body: impl FnOnce()) {
     ON_POSTGRES.with(|p| p.set(false));
 }
 
+/// A small tmpfs mounted over a folder, so that a test can fill the disk. Mounting needs root;
+/// where it is refused the test is skipped, unless `APGATE_TEST_REQUIRE_TMPFS=1` (CI), which
+/// makes that a failure. Unmounted when dropped.
+pub struct SmallDisk {
+    path: PathBuf,
+}
+
+impl SmallDisk {
+    pub fn mount(path: &Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .output()
+            .expect("run mount");
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr).into_owned();
+            assert!(
+                std::env::var("APGATE_TEST_REQUIRE_TMPFS").as_deref() != Ok("1"),
+                "APGATE_TEST_REQUIRE_TMPFS=1 but a tmpfs cannot be mounted: {why}"
+            );
+            eprintln!("skipped: cannot mount a tmpfs: {why}");
+            return None;
+        }
+        Some(SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
+
 /// Declares each test twice: `name::sqlite` and `name::postgres` (see [`on_postgres`]).
 #[macro_export]
 macro_rules! on_both_backends {
@@ -219,7 +261,13 @@ impl Gateway {
 
     /// As [`Gateway::start`], with extra YAML appended to the config.
     pub fn start_with(extra_config: &str) -> Gateway {
-        let g = Self::configured(extra_config);
+        Self::configured(extra_config).seeded()
+    }
+
+    /// Initialises a configured gateway with the organisations and users of
+    /// [`Gateway::start`], and starts it.
+    pub fn seeded(self) -> Gateway {
+        let g = self;
         g.cli_ok(&["init"]);
         for (slug, kind) in [
             ("cap", "hub"),
