@@ -470,3 +470,61 @@ crate::on_both_backends! {
         );
     }
 }
+
+/// curl, as an MIS server's nightly job would run it (libssh2 1.10 on Debian 12, which needs
+/// `ssh.compat_macs`): an upload into the outbox, a listing, and the hub's download of it.
+#[test]
+fn curl_uploads_lists_and_downloads() {
+    let g = Gateway::start_with("ssh: { compat_macs: true }");
+    let content = noise(700_000, 31);
+    let src = g.file("register.bin", &content);
+    let curl = |user: &str, args: &[&str]| {
+        let key = g.key_path(user);
+        let out = std::process::Command::new("curl")
+            .args(["--silent", "--show-error", "--insecure", "--max-time", "60"])
+            .arg("--key")
+            .arg(&key)
+            .arg("--pubkey")
+            .arg(key.with_extension("pub"))
+            .args(["--user", &format!("{user}:")])
+            .args(args)
+            .output()
+            .expect("curl must be installed");
+        (
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let base = format!("sftp://127.0.0.1:{}", g.port);
+    let (ok, _, err) = curl(
+        "school-a-user",
+        &[
+            "--upload-file",
+            src.to_str().unwrap(),
+            &format!("{base}/outbox/coordinator/register.bin"),
+        ],
+    );
+    assert!(ok, "curl upload: {err}");
+    let (ok, listing, err) = curl(
+        "school-a-user",
+        &["--list-only", &format!("{base}/outbox/coordinator/")],
+    );
+    assert!(ok, "curl listing: {err}");
+    assert!(
+        String::from_utf8_lossy(&listing).contains("register.bin"),
+        "the outbox lists the pending transfer"
+    );
+    let (ok, body, err) = curl(
+        "cap-user",
+        &[&format!("{base}/inbox/school-a/register.bin")],
+    );
+    assert!(ok, "curl download: {err}");
+    assert!(body == content, "the hub receives the file byte-identical");
+    // A school cannot read another school's inbox through curl either.
+    let (ok, _, _) = curl(
+        "school-b-user",
+        &[&format!("{base}/inbox/school-a/register.bin")],
+    );
+    assert!(!ok, "school-b must not reach school-a's files");
+}

@@ -861,12 +861,11 @@ impl SftpSession {
         let len = u64::from(len.min(p::MAX_READ)).min(file.size.saturating_sub(offset)) as usize;
         let reply = match len {
             0 => None,
-            _ => reader.ready(offset).await?.map(|data| {
-                (
-                    p::data(id, &data[..len.min(data.len())]),
-                    len.min(data.len()),
-                )
-            }),
+            _ => {
+                reader
+                    .read_with(offset, len, |data| (p::data(id, data), data.len()))
+                    .await?
+            }
         };
         let got = reply.as_ref().map_or(0, |(_, n)| *n) as u64;
         metrics::counter!(crate::metrics::BYTES_SENT).increment(got);
