@@ -446,27 +446,6 @@ pub fn data(id: u32, data: &[u8]) -> Bytes {
     p.finish()
 }
 
-/// A DATA reply filled in place by `fill`, which writes at most `max` bytes into the slice it is
-/// given and returns how many it wrote. `None` when it wrote nothing (end of file); otherwise the
-/// packet and the number of data bytes in it.
-pub fn data_with(
-    id: u32,
-    max: usize,
-    fill: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
-) -> std::io::Result<Option<(Bytes, usize)>> {
-    let mut p = Packet::new(FXP_DATA, Some(id), 4 + max);
-    let at = p.0.len();
-    p.0.put_u32(0);
-    p.0.resize(at + 4 + max, 0);
-    let n = fill(&mut p.0[at + 4..])?;
-    if n == 0 {
-        return Ok(None);
-    }
-    p.0.truncate(at + 4 + n);
-    p.0[at..at + 4].copy_from_slice(&(n as u32).to_be_bytes());
-    Ok(Some((p.finish(), n)))
-}
-
 pub fn attrs(id: u32, a: &Attrs) -> Bytes {
     let mut p = Packet::new(FXP_ATTRS, Some(id), 40);
     p.attrs(a);
@@ -647,14 +626,15 @@ mod tests {
         assert_eq!(r[4], FXP_STATUS);
         let v = version_reply();
         assert_eq!(&v[5..9], &3u32.to_be_bytes());
-        let (d, n) = data_with(4, 10, |b| {
-            b[..3].copy_from_slice(b"abc");
-            Ok(3)
-        })
-        .unwrap()
-        .unwrap();
-        assert_eq!((&d[..], n), (&data(4, b"abc")[..], 3));
-        assert!(data_with(4, 10, |_| Ok(0)).unwrap().is_none());
+        let d = data(4, b"abc");
+        assert_eq!(
+            u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize,
+            d.len() - 4
+        );
+        assert_eq!(
+            (d[4], &d[9..13], &d[13..]),
+            (FXP_DATA, &3u32.to_be_bytes()[..], &b"abc"[..])
+        );
         let l = limits_reply(9, 64);
         assert_eq!(l.len(), 4 + 1 + 4 + 32);
     }
