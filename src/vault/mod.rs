@@ -392,12 +392,21 @@ impl ReadAhead {
             .name("apgate-decrypt".into())
             .spawn(move || {
                 let mut seek = 0;
+                // Moves the reader to seek `n`'s offset; false (the reader told) if it cannot.
+                let follow = |reader: &mut BlobReader, seek: &mut u64, (n, to): (u64, u64)| {
+                    *seek = n;
+                    match reader.seek(SeekFrom::Start(to)) {
+                        Ok(_) => true,
+                        Err(e) => {
+                            let _ = tx.blocking_send((n, to, Err(e)));
+                            false
+                        }
+                    }
+                };
                 loop {
                     // Follow the newest seek, if any came.
-                    while let Ok((n, to)) = seek_rx.try_recv() {
-                        seek = n;
-                        if let Err(e) = reader.seek(SeekFrom::Start(to)) {
-                            let _ = tx.blocking_send((seek, to, Err(e)));
+                    while let Ok(order) = seek_rx.try_recv() {
+                        if !follow(&mut reader, &mut seek, order) {
                             return;
                         }
                     }
@@ -413,18 +422,13 @@ impl ReadAhead {
                     if tx.blocking_send((seek, at, result)).is_err() || failed {
                         return;
                     }
-                    if last {
-                        // At the end: wait for a seek, or for the reader to go.
-                        match seek_rx.recv() {
-                            Ok((n, to)) => {
-                                seek = n;
-                                if let Err(e) = reader.seek(SeekFrom::Start(to)) {
-                                    let _ = tx.blocking_send((seek, to, Err(e)));
-                                    return;
-                                }
-                            }
-                            Err(_) => return,
-                        }
+                    // At the end: wait for a seek, or for the reader to go.
+                    if last
+                        && !seek_rx
+                            .recv()
+                            .is_ok_and(|o| follow(&mut reader, &mut seek, o))
+                    {
+                        return;
                     }
                 }
             })?;

@@ -126,12 +126,22 @@ impl ChunkCipher {
     }
 }
 
-struct TapRecipient<'a> {
-    inner: &'a dyn age::Recipient,
+/// A recipient or identity of the gateway's, with the file key caught on its way through.
+struct Tapped<'a, T> {
+    inner: &'a T,
     tap: &'a KeyTap,
 }
 
-impl age::Recipient for TapRecipient<'_> {
+impl KeyTap {
+    fn wrap<'a, T>(&'a self, items: &'a [T]) -> Vec<Tapped<'a, T>> {
+        items
+            .iter()
+            .map(|inner| Tapped { inner, tap: self })
+            .collect()
+    }
+}
+
+impl<T: age::Recipient> age::Recipient for Tapped<'_, T> {
     fn wrap_file_key(
         &self,
         file_key: &FileKey,
@@ -141,12 +151,7 @@ impl age::Recipient for TapRecipient<'_> {
     }
 }
 
-struct TapIdentity<'a> {
-    inner: &'a dyn age::Identity,
-    tap: &'a KeyTap,
-}
-
-impl age::Identity for TapIdentity<'_> {
+impl<T: age::Identity> age::Identity for Tapped<'_, T> {
     fn unwrap_stanza(&self, stanza: &Stanza) -> Option<Result<FileKey, age::DecryptError>> {
         self.unwrap_stanzas(std::slice::from_ref(stanza))
     }
@@ -186,13 +191,7 @@ pub fn seal<W: Write>(
     mut out: W,
 ) -> io::Result<SealWriter<W>> {
     let tap = KeyTap::default();
-    let tapped: Vec<TapRecipient> = recipients
-        .iter()
-        .map(|r| TapRecipient {
-            inner: r,
-            tap: &tap,
-        })
-        .collect();
+    let tapped = tap.wrap(recipients);
     let encryptor =
         age::Encryptor::with_recipients(tapped.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|e| io::Error::other(format!("age: {e}")))?;
@@ -289,13 +288,7 @@ pub struct OpenReader {
 /// Opens an age file with the first of `identities` that can unwrap its file key.
 pub fn open(file: File, identities: &[age::x25519::Identity]) -> io::Result<OpenReader> {
     let tap = KeyTap::default();
-    let tapped: Vec<TapIdentity> = identities
-        .iter()
-        .map(|i| TapIdentity {
-            inner: i,
-            tap: &tap,
-        })
-        .collect();
+    let tapped = tap.wrap(identities);
     // age parses the header, unwraps the file key and checks the header's MAC.
     let decryptor = age::Decryptor::new(BufReader::with_capacity(4096, &file))
         .map_err(|e| io::Error::other(format!("age: {e}")))?;
