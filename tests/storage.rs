@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -319,19 +318,11 @@ crate::on_both_backends! {
         );
         assert!(up.ok, "{}", up.all());
         let dest = g.path("video-back.bin");
-        let mut child = g
-            .sftp_command("school-a-user", &["-R", "256", "-B", "262144", "-b", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("get /inbox/video.bin {}\n", dest.display()).as_bytes())
-            .unwrap();
+        let mut child = g.spawn_script(
+            "school-a-user",
+            &["-R", "256", "-B", "262144"],
+            &format!("get /inbox/video.bin {}\n", dest.display()),
+        );
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -355,19 +346,11 @@ crate::on_both_backends! {
             &format!("put {} /outbox/school-a/coordinator/big.bin\n", f.display()),
         );
         let dest = g.path("partial.bin");
-        let mut child = g
-            .sftp_command("school-a-user", &["-b", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(format!("get /inbox/big.bin {}\n", dest.display()).as_bytes())
-            .unwrap();
+        let mut child = g.spawn_script(
+            "school-a-user",
+            &[],
+            &format!("get /inbox/big.bin {}\n", dest.display()),
+        );
         wait_until("the download to start", Duration::from_secs(20), || {
             std::fs::metadata(&dest)
                 .map(|m| m.len() > 0)

@@ -558,6 +558,27 @@ impl Gateway {
         Run::from(out)
     }
 
+    /// Starts `sftp -b -` with `extra` options running `script` in the background (its stdin
+    /// closed after the script, its output discarded), for tests that watch or stop it midway.
+    pub fn spawn_script(&self, user: &str, extra: &[&str], script: &str) -> Child {
+        use std::io::Write;
+        let mut args = extra.to_vec();
+        args.extend(["-b", "-"]);
+        let mut child = self
+            .sftp_command(user, &args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run sftp");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .expect("write the sftp script");
+        }
+        child
+    }
+
     /// Holds an sftp session open (it has run `pwd`); commands can be written to its stdin.
     pub fn open_session(&self, user: &str, extra: &[&str]) -> Child {
         use std::io::Write;
