@@ -220,6 +220,38 @@ crate::on_both_backends! {
         });
     }
 
+    /// A stored file cut at a chunk boundary (a lost tail) is not served as a shorter file: its
+    /// size no longer matches the record, and the download fails instead.
+    fn a_cut_stored_file_is_refused_not_served_short() {
+        let g = Gateway::start();
+        // 200,000 bytes: three full 64 KiB chunks and a last one of 3,392 bytes (+16 tag each).
+        let content = noise(200_000, 13);
+        let f = g.file("plan.pdf", &content);
+        g.sftp_ok(
+            "school-a-user",
+            &format!("put {} /outbox/coordinator/plan.pdf\n", f.display()),
+        );
+        let blobs = g.stored_blobs();
+        assert_eq!(blobs.len(), 1);
+        let stored = std::fs::read(&blobs[0]).unwrap();
+        std::fs::write(&blobs[0], &stored[..stored.len() - (3_392 + 16)]).unwrap();
+        let got = g.path("files/got.pdf");
+        let r = g.sftp(
+            "cap-user",
+            &format!("get /inbox/school-a/plan.pdf {}\n", got.display()),
+        );
+        assert!(!r.ok, "a cut file must not download: {}", r.all());
+        assert!(
+            std::fs::read(&got).map_or(true, |b| b.len() < content.len()),
+            "no whole file arrived"
+        );
+        assert!(
+            g.log().contains("its record says 200000"),
+            "the log names the mismatch:\n{}",
+            g.log()
+        );
+    }
+
     /// The disk fills up mid-upload: the client gets an error, no half file stays in the spool
     /// or the store, the abort is audited with the reason, and the next file that fits goes
     /// through whole.
