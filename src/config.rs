@@ -29,6 +29,33 @@ pub struct Config {
     pub ssh: SshConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub bank_holidays: BankHolidays,
+}
+
+/// One-off changes to the England and Wales bank holidays the rules compute (SPEC §4.4), as
+/// `YYYY-MM-DD` dates.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BankHolidays {
+    /// Extra days off (a coronation, a state funeral, the day a May holiday moved to).
+    pub extra: Vec<String>,
+    /// Standing holidays that do not happen this time (the day a May holiday moved from).
+    pub cancelled: Vec<String>,
+}
+
+impl BankHolidays {
+    /// The working-day calendar; dates that do not parse are left out (validation names them).
+    pub fn calendar(&self) -> crate::domain::dates::Calendar {
+        let dates = |v: &[String]| {
+            v.iter()
+                .filter_map(|d| crate::domain::dates::parse_date(d).ok())
+                .collect()
+        };
+        crate::domain::dates::Calendar {
+            extra: dates(&self.extra),
+            cancelled: dates(&self.cancelled),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -183,6 +210,7 @@ impl Default for Config {
             ssh: SshConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            bank_holidays: BankHolidays::default(),
         }
     }
 }
@@ -408,6 +436,16 @@ impl Config {
                     &format!("escrow_recipients[{i}]"),
                     format!("not an age X25519 recipient: {e}"),
                 );
+            }
+        }
+        for (key, days) in [
+            ("bank_holidays.extra", &self.bank_holidays.extra),
+            ("bank_holidays.cancelled", &self.bank_holidays.cancelled),
+        ] {
+            for (i, day) in days.iter().enumerate() {
+                if let Err(e) = crate::domain::dates::parse_date(day) {
+                    problem(&format!("{key}[{i}]"), e);
+                }
             }
         }
         for (i, d) in self.drop_dirs.iter().enumerate() {

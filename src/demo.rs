@@ -12,6 +12,7 @@ use crate::admin::{self, UserSpec};
 use crate::config::Config;
 use crate::db::{self, NewOrg};
 use crate::domain::org::{OrgKind, Role};
+use crate::domain::tree::IngestKind;
 
 pub struct DemoUser {
     pub username: &'static str,
@@ -133,7 +134,64 @@ pub async fn prepare(dir: &Path, port: u16) -> anyhow::Result<(Config, Vec<DemoU
             key_file,
         });
     }
+    seed_training_record(&config, &clients).await?;
     Ok((config, users))
+}
+
+/// The demo learner: on demo-school's roll, placed with demo-provider (SPEC §4.0), so that a
+/// register from the provider is accepted at once.
+const DEMO_UPN: &str = "B801200005001";
+const DEMO_COURSE: &str = "Motor Vehicle Level 1";
+
+/// Ingests demo-school's roster and the hub's placements file through the same pipeline as an
+/// upload, and leaves a register for the provider to send in `clients/`.
+async fn seed_training_record(config: &Config, clients: &Path) -> anyhow::Result<()> {
+    use chrono::Datelike;
+    let today = chrono::Utc::now().date_naive();
+    let year = if today.month() >= 9 {
+        today.year()
+    } else {
+        today.year() - 1
+    };
+    let start = chrono::NaiveDate::from_ymd_opt(year, 9, 1).context("academic year")?;
+    let roster = clients.join("demo-roster.csv");
+    std::fs::write(
+        &roster,
+        format!(
+            "upn,surname,forename,date_of_birth,gender,year_group,contact1_name,contact1_relationship,contact1_phone\n\
+             {DEMO_UPN},Taylor,Sam,2011-03-14,F,10,Pat Taylor,Mother,07700 900123\n"
+        ),
+    )?;
+    let placements = clients.join("demo-placements.csv");
+    std::fs::write(
+        &placements,
+        format!("upn,provider,course,start_date\n{DEMO_UPN},demo-provider,{DEMO_COURSE},{start}\n"),
+    )?;
+    std::fs::write(
+        clients.join("register.csv"),
+        format!(
+            "date,start,end,course,upn,surname,forename,status,contribution\n\
+             {today},09:00,12:00,{DEMO_COURSE},{DEMO_UPN},Taylor,Sam,present,1\n"
+        ),
+    )?;
+    let (gw, _keys) = crate::serve::open_gateway(config.clone()).await?;
+    for (org, kind, file) in [
+        ("demo-school", IngestKind::Roster, &roster),
+        ("cap", IngestKind::Placements, &placements),
+    ] {
+        let done = crate::ingest::local::ingest_file(&gw, org, kind, file, "demo").await?;
+        anyhow::ensure!(
+            done.unreadable.is_none()
+                && done
+                    .receipt
+                    .as_deref()
+                    .is_some_and(|r| r.contains("1 accepted")),
+            "the demo's {} did not apply: {}",
+            kind.as_str(),
+            done.receipt.unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 pub fn instructions(dir: &Path, config: &Config, users: &[DemoUser]) -> String {
@@ -157,6 +215,12 @@ pub fn instructions(dir: &Path, config: &Config, users: &[DemoUser]) -> String {
     out.push_str(
         "Try: as school-user, `put somefile /outbox/coordinator/`; then as cap-staff, `ls /inbox/demo-school`.\n\
          A school sending to another school is refused: `put somefile /outbox/demo-provider/coordinator/`.\n",
+    );
+    let _ = writeln!(
+        out,
+        "The learner {DEMO_UPN} is on demo-school's roll and placed with demo-provider: as provider-user, \
+         `put {} /registers/`, then `get /receipts/*` and `get /reports/training-records.csv`.",
+        dir.join("clients").join("register.csv").display()
     );
     let _ = writeln!(
         out,

@@ -63,6 +63,15 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// This user as visibility sees it (SPEC §1): its organisation and its roles.
+    pub fn viewer(&self) -> crate::domain::visibility::Viewer<'_> {
+        crate::domain::visibility::Viewer {
+            org_id: self.org.id,
+            kind: self.org.kind,
+            roles: Some(&self.roles),
+        }
+    }
+
     pub fn audit(&self, action: &str, outcome: &str) -> AuditEntry {
         AuditEntry::new(action, outcome).by(&self.username, &self.org.slug, &self.address)
     }

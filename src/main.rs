@@ -64,7 +64,7 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         org: String,
-        /// register, absences, referral, withdrawal or roster.
+        /// register, absences, referral, withdrawal, roster or placements.
         #[arg(long)]
         kind: String,
     },
@@ -255,7 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         Command::Ingest { file, org, kind } => {
             let kind = IngestKind::parse(&kind).ok_or_else(|| {
                 anyhow::anyhow!(
-                    "--kind `{kind}` is not one of register, absences, referral, withdrawal, roster"
+                    "--kind `{kind}` is not one of register, absences, referral, withdrawal, roster, placements"
                 )
             })?;
             let (gw, _keys) = serve::open_gateway(config).await?;
@@ -285,7 +285,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
             } else {
                 format!("{name}.csv")
             };
-            apgate::reports::generate(db.as_ref(), &file, &org)
+            let viewer = apgate::domain::visibility::Viewer {
+                org_id: org.id,
+                kind: org.kind,
+                roles: None,
+            };
+            apgate::reports::generate(db.as_ref(), &file, viewer, chrono::Utc::now().date_naive())
                 .await?
                 .ok_or_else(|| {
                     anyhow::anyhow!(

@@ -207,6 +207,8 @@ pub enum MarkScope {
 /// A mark as the reports show it.
 #[derive(Debug, Clone)]
 pub struct MarkRecord {
+    pub school_org_id: Option<i64>,
+    pub provider_org_id: i64,
     pub upn: String,
     pub surname: String,
     pub forename: String,
@@ -225,9 +227,30 @@ pub struct MarkRecord {
     pub source: String,
 }
 
+/// A placement as the reports show it (SPEC §4.0).
+#[derive(Debug, Clone)]
+pub struct PlacementRecord {
+    pub school_org_id: Option<i64>,
+    pub provider_org_id: i64,
+    pub upn: String,
+    pub surname: String,
+    pub forename: String,
+    pub school: Option<String>,
+    pub provider: String,
+    pub course: String,
+    pub start_date: String,
+    pub end_date: Option<String>,
+    pub cohort: Option<String>,
+    pub qualification: Option<String>,
+    pub partnership: Option<String>,
+    pub referral: Option<String>,
+}
+
 /// One delivery of a transfer, for `transfers.csv`.
 #[derive(Debug, Clone)]
 pub struct TransferRecord {
+    pub sender_org_id: i64,
+    pub recipient_org_id: i64,
     pub sent_at: String,
     pub sender: String,
     pub sent_by: Option<String>,
@@ -255,6 +278,9 @@ pub struct ReferralRecord {
 
 #[derive(Debug, Clone)]
 pub struct WithdrawalRecord {
+    /// The learner's home school, when the learner is known.
+    pub school_org_id: Option<i64>,
+    pub provider_org_id: i64,
     pub reference: String,
     pub requester: String,
     pub provider: String,
@@ -404,11 +430,13 @@ pub trait Database: Send + Sync {
 
     /// Marks in scope; `current_only` leaves out amended versions.
     async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>>;
+    /// Placements in scope (the same scopes as marks: all, a school's learners', a provider's).
+    async fn placements(&self, scope: MarkScope) -> anyhow::Result<Vec<PlacementRecord>>;
     /// Deliveries sent or received by `org_id` (all for `None`).
     async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>>;
     /// Referrals of one school (all for `None`).
     async fn referrals(&self, school_org_id: Option<i64>) -> anyhow::Result<Vec<ReferralRecord>>;
-    /// Withdrawals requested by or concerning `org_id` (all for `None`).
+    /// Withdrawals requested by `org_id`, of its placements or of its learners (all for `None`).
     async fn withdrawals(&self, org_id: Option<i64>) -> anyhow::Result<Vec<WithdrawalRecord>>;
     async fn activity(&self) -> anyhow::Result<Vec<ActivityRecord>>;
 

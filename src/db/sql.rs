@@ -858,6 +858,9 @@ impl Database for SqlDb {
         super::sql_reports::marks(self, scope, current_only).await
     }
 
+    async fn placements(&self, scope: MarkScope) -> anyhow::Result<Vec<PlacementRecord>> {
+        super::sql_reports::placements(self, scope).await
+    }
     async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>> {
         super::sql_reports::transfers(self, org_id).await
     }

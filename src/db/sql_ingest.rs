@@ -7,9 +7,11 @@ use sqlx::{AnyConnection, Arguments, Row, any::AnyArguments};
 use super::sql::{Backend, ORG_COLUMNS, SqlDb, append_audit, org_from_row};
 use super::*;
 use crate::domain::attendance::Status;
-use crate::domain::dates::add_working_days;
+use crate::domain::placement::Span;
+use crate::domain::visibility::{LearnerLinks, PlacementLink, Viewer, may_see_learner, not_placed};
 use crate::ingest::absences::AbsenceDecision;
 use crate::ingest::forms::{Referral, Withdrawal};
+use crate::ingest::placements::PlacementRow;
 use crate::ingest::receipt::{ReceiptHeader, receipt_name, render};
 use crate::ingest::register::RegisterRow;
 use crate::ingest::roster::RosterRow;
@@ -79,7 +81,8 @@ pub(super) async fn applied_duplicate(
 
 pub(super) async fn receipts(db: &SqlDb, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>> {
     let rows = sqlx::query(
-        "SELECT o.slug, r.name, r.body, r.created_at FROM receipts r JOIN orgs o ON o.id = r.org_id
+        "SELECT o.slug, r.name, CASE WHEN $1 IS NULL THEN COALESCE(r.hub_body, r.body) ELSE r.body END AS body,
+                r.created_at FROM receipts r JOIN orgs o ON o.id = r.org_id
          WHERE $1 IS NULL OR r.org_id = $1 ORDER BY r.name",
     )
     .bind(org_id)
@@ -129,6 +132,7 @@ pub(super) async fn apply_ingest(
         Batch::Roster(rows) => apply_roster(&mut tx, job, rows, &mut report).await?,
         Batch::Referral(rows) => apply_referrals(&mut tx, job, rows, &mut report).await?,
         Batch::Withdrawal(rows) => apply_withdrawals(&mut tx, job, rows, &mut report).await?,
+        Batch::Placements(rows) => apply_placements(&mut tx, job, rows, &mut report).await?,
     }
     let header = ReceiptHeader {
         file_name: &job.file_name,
@@ -137,15 +141,17 @@ pub(super) async fn apply_ingest(
         received_at: &job.received_at,
         sha256: &job.sha256,
     };
-    let body = render(&header, &report);
+    let body = render(&header, &report, false);
+    let hub_body = (!report.hub_notes.is_empty()).then(|| render(&header, &report, true));
     sqlx::query(
-        "INSERT INTO receipts (org_id, upload_id, name, body, accepted, rejected, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO receipts (org_id, upload_id, name, body, hub_body, accepted, rejected, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(job.org.id)
     .bind(job.upload_id)
     .bind(receipt_name(&job.received_at, &job.file_name))
     .bind(&body)
+    .bind(&hub_body)
     .bind(report.accepted as i64)
     .bind(report.rejected.len() as i64)
     .bind(now_text())
@@ -428,79 +434,76 @@ async fn stage_as_json(conn: &mut AnyConnection, staged: &[StagedMark<'_>]) -> a
     Ok(())
 }
 
-/// A learner of a register: id and home school.
-#[derive(Clone, Copy)]
-struct RegisterLearner {
+/// A learner of a register: id, home school, and its placements with the sending provider.
+struct PlacedLearner {
     id: i64,
     school: Option<i64>,
+    /// (course, dates)
+    placements: Vec<(String, Span)>,
 }
 
-/// The learner of every UPN in a register, creating (and flagging for the hub) the unknown ones
-/// from their first row.
-async fn register_learners<'r>(
+impl PlacedLearner {
+    fn placed_on(&self, course: &str, day: chrono::NaiveDate) -> bool {
+        self.placements
+            .iter()
+            .any(|(c, span)| c == course && span.covers(day))
+    }
+}
+
+fn stored_date(text: &str) -> anyhow::Result<chrono::NaiveDate> {
+    chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .with_context(|| format!("stored date `{text}` is not YYYY-MM-DD"))
+}
+
+/// The learners a register names that have a placement with this provider (SPEC §4.1); a UPN
+/// without one is absent, whether the learner exists or not. Nothing is created from a register.
+async fn placed_learners<'r>(
     conn: &mut AnyConnection,
     backend: Backend,
-    job: &IngestJob,
+    provider_org_id: i64,
     valid: &[(usize, &'r RegisterRow)],
-    now: &str,
-    report: &mut ApplyReport,
-) -> anyhow::Result<FastMap<&'r str, RegisterLearner>> {
-    let mut first: FastMap<&str, (usize, &RegisterRow)> = fast_map(1024);
-    for (row, r) in valid {
-        first.entry(r.upn.as_str()).or_insert((*row, r));
-    }
-    let mut ids = fast_map(first.len());
-    let upns: Vec<&str> = first.keys().copied().collect();
+) -> anyhow::Result<FastMap<&'r str, PlacedLearner>> {
+    let mut upns: Vec<&str> = valid.iter().map(|(_, r)| r.upn.as_str()).collect();
+    upns.sort_unstable();
+    upns.dedup();
+    let mut placed: FastMap<&str, PlacedLearner> = fast_map(upns.len());
     for chunk in upns.chunks(500) {
         let sql = format!(
-            "SELECT upn, id, school_org_id FROM learners WHERE upn IN ({})",
-            (1..=chunk.len())
+            "SELECT l.upn, l.id, l.school_org_id, p.course, p.start_date, p.end_date
+             FROM learners l JOIN placements p ON p.learner_id = l.id
+             WHERE p.provider_org_id = {} AND l.upn IN ({})",
+            backend.placeholder(1),
+            (2..=chunk.len() + 1)
                 .map(|i| backend.placeholder(i))
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut q = sqlx::query_as::<_, (String, i64, Option<i64>)>(&sql);
+        let mut q =
+            sqlx::query_as::<_, (String, i64, Option<i64>, String, String, Option<String>)>(&sql)
+                .bind(provider_org_id);
         for u in chunk {
             q = q.bind(*u);
         }
-        for (upn, id, school) in q.fetch_all(&mut *conn).await? {
-            if let Some((k, _)) = first.get_key_value(upn.as_str()) {
-                ids.insert(*k, RegisterLearner { id, school });
-            }
+        for (upn, id, school, course, start, end) in q.fetch_all(&mut *conn).await? {
+            let Ok(i) = chunk.binary_search(&upn.as_str()) else {
+                continue;
+            };
+            let span = Span {
+                start: stored_date(&start)?,
+                end: end.as_deref().map(stored_date).transpose()?,
+            };
+            placed
+                .entry(chunk[i])
+                .or_insert_with(|| PlacedLearner {
+                    id,
+                    school,
+                    placements: Vec::new(),
+                })
+                .placements
+                .push((course, span));
         }
     }
-    let mut missing: Vec<(usize, &RegisterRow)> = first
-        .values()
-        .filter(|(_, r)| !ids.contains_key(r.upn.as_str()))
-        .copied()
-        .collect();
-    missing.sort_by_key(|(row, _)| *row);
-    let flag = format!(
-        "created from a register of {}: check the details and set the home school",
-        job.org.slug
-    );
-    for (row, r) in missing {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO learners (upn, surname, forename, flagged, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $5) RETURNING id",
-        )
-        .bind(&r.upn)
-        .bind(&r.surname)
-        .bind(&r.forename)
-        .bind(&flag)
-        .bind(now)
-        .fetch_one(&mut *conn)
-        .await?;
-        ids.insert(r.upn.as_str(), RegisterLearner { id, school: None });
-        report.note(
-            row,
-            format!(
-                "learner {} was not known: created from this row and flagged for the hub",
-                r.upn
-            ),
-        );
-    }
-    Ok(ids)
+    Ok(placed)
 }
 
 /// Applies a register set-wise. New lessons of a provider (none of its current marks in the
@@ -515,12 +518,31 @@ async fn apply_register(
     rows: &[RowResult<RegisterRow>],
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
-    let valid = accepted(rows, report);
-    if valid.is_empty() {
+    let parsed = accepted(rows, report);
+    if parsed.is_empty() {
         return Ok(());
     }
     let now = now_text();
-    let learners = register_learners(conn, backend, job, &valid, &now, report).await?;
+    let learners = placed_learners(conn, backend, job.org.id, &parsed).await?;
+    // A row about a learner without a placement on its course and day is rejected in the same
+    // words whether the UPN is known or not (SPEC §1).
+    let mut valid = Vec::with_capacity(parsed.len());
+    for (row, r) in parsed {
+        if learners
+            .get(r.upn.as_str())
+            .is_some_and(|l| l.placed_on(&r.course, r.date))
+        {
+            valid.push((row, r));
+        } else {
+            report.reject(
+                row,
+                not_placed(&job.org.slug, &r.course, &r.date.to_string()),
+            );
+        }
+    }
+    if valid.is_empty() {
+        return Ok(());
+    }
     let mut days: FastMap<chrono::NaiveDate, String> = fast_map(366);
     for (_, r) in &valid {
         days.entry(r.date).or_insert_with(|| r.date.to_string());
@@ -842,6 +864,36 @@ async fn apply_absences(
     Ok(())
 }
 
+/// The words a school reads when its roster or referral names a learner of another school (or
+/// one without a home school): nothing says which school, or whether the UPN was known.
+const REGISTERED_ELSEWHERE: &str =
+    "this UPN is registered to another school; the hub has been told";
+
+/// The hub's note on a learner that a school may not claim: who holds them, if anyone.
+async fn holder_note(
+    conn: &mut AnyConnection,
+    upn: &str,
+    school: Option<i64>,
+    sender: &Org,
+) -> anyhow::Result<String> {
+    let holder: Option<String> = match school {
+        Some(id) => {
+            sqlx::query_scalar("SELECT slug FROM orgs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *conn)
+                .await?
+        }
+        None => None,
+    };
+    Ok(match holder {
+        Some(h) => format!("{upn} is registered to {h}; {} named it too", sender.slug),
+        None => format!(
+            "{upn} is known without a home school (created from a register before placements); {} named it",
+            sender.slug
+        ),
+    })
+}
+
 async fn apply_roster(
     conn: &mut AnyConnection,
     job: &IngestJob,
@@ -850,17 +902,13 @@ async fn apply_roster(
 ) -> anyhow::Result<()> {
     let now = now_text();
     for (row, r) in accepted(rows, report) {
-        let existing = learner_by_upn(conn, &r.upn).await?;
-        if let Some((_, Some(school))) = existing
-            && school != job.org.id
+        // A learner is created only by its home school and never taken from another one.
+        if let Some((_, school)) = learner_by_upn(conn, &r.upn).await?
+            && school != Some(job.org.id)
         {
-            report.reject(
-                row,
-                format!(
-                    "learner {} is on another school's roll; ask the hub to move them",
-                    r.upn
-                ),
-            );
+            report.reject(row, REGISTERED_ELSEWHERE);
+            let note = holder_note(conn, &r.upn, school, &job.org).await?;
+            report.hub_note(row, note);
             continue;
         }
         sqlx::query(
@@ -869,8 +917,9 @@ async fn apply_roster(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
              ON CONFLICT (upn) DO UPDATE SET surname = excluded.surname, forename = excluded.forename,
                 date_of_birth = excluded.date_of_birth, gender = excluded.gender,
-                year_group = excluded.year_group, school_org_id = excluded.school_org_id,
-                details = excluded.details, updated_at = excluded.updated_at",
+                year_group = excluded.year_group, details = excluded.details,
+                updated_at = excluded.updated_at
+             WHERE learners.school_org_id = excluded.school_org_id",
         )
         .bind(&r.upn)
         .bind(&r.surname)
@@ -918,6 +967,7 @@ async fn apply_referrals(
 ) -> anyhow::Result<()> {
     let now = now_text();
     let year = received(job).year();
+    let mut count = 0;
     for (row, r) in accepted(rows, report) {
         let reference = next_reference(conn, "referrals", "REF", year).await?;
         sqlx::query(
@@ -933,28 +983,75 @@ async fn apply_referrals(
         .bind(&job.received_at)
         .execute(&mut *conn)
         .await?;
-        // The referring school is the learner's home school unless another school has them.
-        sqlx::query(
-            "INSERT INTO learners (upn, surname, forename, date_of_birth, school_org_id, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)
-             ON CONFLICT (upn) DO UPDATE SET school_org_id = COALESCE(learners.school_org_id, excluded.school_org_id)",
-        )
-        .bind(&r.upn)
-        .bind(&r.surname)
-        .bind(&r.forename)
-        .bind(r.date_of_birth.to_string())
-        .bind(job.org.id)
-        .bind(&now)
-        .execute(&mut *conn)
-        .await?;
+        // The referring school becomes the home school of a learner new to the hub; a learner
+        // already known stays where it is (the referral is kept, and the hub is told).
+        match learner_by_upn(conn, &r.upn).await? {
+            None => {
+                sqlx::query(
+                    "INSERT INTO learners (upn, surname, forename, date_of_birth, school_org_id,
+                        created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                )
+                .bind(&r.upn)
+                .bind(&r.surname)
+                .bind(&r.forename)
+                .bind(r.date_of_birth.to_string())
+                .bind(job.org.id)
+                .bind(&now)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Some((_, school)) if school != Some(job.org.id) => {
+                let note = holder_note(conn, &r.upn, school, &job.org).await?;
+                report.hub_note(row, note);
+            }
+            Some(_) => {}
+        }
         report.note(row, format!("accepted: reference {reference}"));
         report.accepted += 1;
+        count += 1;
+    }
+    if count > 0 {
         let notice = Notice::ReferralReceived {
             school_org_id: job.org.id,
+            count,
         };
         insert_notice(conn, Some(job.upload_id), &notice).await?;
     }
     Ok(())
+}
+
+/// A learner's home school and placements, as visibility needs them (with each placement's
+/// course), by UPN.
+async fn learner_links(
+    conn: &mut AnyConnection,
+    upn: &str,
+    today: chrono::NaiveDate,
+) -> anyhow::Result<Option<(Option<i64>, Vec<(PlacementLink, String)>)>> {
+    let Some((id, school)) = learner_by_upn(conn, upn).await? else {
+        return Ok(None);
+    };
+    let rows: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT provider_org_id, course, start_date, end_date FROM placements WHERE learner_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut placements = Vec::with_capacity(rows.len());
+    for (provider, course, start, end) in rows {
+        let span = Span {
+            start: stored_date(&start)?,
+            end: end.as_deref().map(stored_date).transpose()?,
+        };
+        placements.push((
+            PlacementLink {
+                provider_org_id: provider,
+                open: span.is_open(today),
+            },
+            course,
+        ));
+    }
+    Ok(Some((school, placements)))
 }
 
 async fn apply_withdrawals(
@@ -964,7 +1061,13 @@ async fn apply_withdrawals(
     report: &mut ApplyReport,
 ) -> anyhow::Result<()> {
     let day = received(job);
-    let deadline = add_working_days(day, 5, &[]);
+    let viewer = Viewer {
+        org_id: job.org.id,
+        kind: job.org.kind,
+        roles: None,
+    };
+    let mut count = 0;
+    let mut other_org_id = None;
     for (row, w) in accepted(rows, report) {
         let provider: Option<(i64, String)> =
             sqlx::query_as("SELECT id, kind FROM orgs WHERE slug = $1")
@@ -984,12 +1087,28 @@ async fn apply_withdrawals(
                 continue;
             }
         };
-        if job.org.kind == OrgKind::Provider && provider_id != job.org.id {
+        // The sender may see the learner, and the learner has an open placement with that
+        // provider on that course; otherwise the same words, whether the UPN is known or not.
+        let links = learner_links(conn, &w.upn, day).await?;
+        let school = links.as_ref().and_then(|(school, _)| *school);
+        let allowed = links.as_ref().is_some_and(|(school, placements)| {
+            let plain: Vec<PlacementLink> = placements.iter().map(|(p, _)| *p).collect();
+            may_see_learner(
+                viewer,
+                LearnerLinks {
+                    home_school: *school,
+                    placements: &plain,
+                },
+            ) && placements.iter().any(|(p, course)| {
+                p.open && p.provider_org_id == provider_id && *course == w.course
+            })
+        });
+        if !allowed {
             report.reject(
                 row,
                 format!(
-                    "a provider can request withdrawals only from its own courses (provider: {})",
-                    job.org.slug
+                    "no open placement of this learner with {} on this course ({}) that you may withdraw",
+                    w.provider, w.course
                 ),
             );
             continue;
@@ -1011,33 +1130,144 @@ async fn apply_withdrawals(
         .bind(i64::from(w.impact_considered))
         .bind(w.meeting_date.map(|d| d.to_string()))
         .bind(&job.received_at)
-        .bind(deadline.to_string())
+        .bind(w.deadline.to_string())
         .execute(&mut *conn)
         .await?;
         report.note(
             row,
             format!(
                 "accepted: reference {reference}; the hub will process it by {} (the fifth working day after receipt)",
-                deadline.format("%A %-d %B %Y")
+                w.deadline.format("%A %-d %B %Y")
             ),
         );
         report.accepted += 1;
+        count += 1;
         // The other party: the provider of the course, or the learner's school when the
         // provider asks.
-        let other_org_id = if job.org.kind == OrgKind::Provider {
-            sqlx::query_scalar("SELECT school_org_id FROM learners WHERE upn = $1")
-                .bind(&w.upn)
-                .fetch_optional(&mut *conn)
-                .await?
-                .flatten()
+        other_org_id = if job.org.kind == OrgKind::Provider {
+            school
         } else {
             Some(provider_id)
         };
+    }
+    if count > 0 {
         let notice = Notice::WithdrawalRequested {
             requester_org_id: job.org.id,
             other_org_id,
+            count,
         };
         insert_notice(conn, Some(job.upload_id), &notice).await?;
+    }
+    Ok(())
+}
+
+/// The hub's placements file (SPEC §4.0): each row creates the placement of (learner, provider,
+/// course, start date), or updates it when it exists; an end date ends it.
+async fn apply_placements(
+    conn: &mut AnyConnection,
+    job: &IngestJob,
+    rows: &[RowResult<PlacementRow>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let now = now_text();
+    for (row, p) in accepted(rows, report) {
+        let provider: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, kind FROM orgs WHERE slug = $1")
+                .bind(&p.provider)
+                .fetch_optional(&mut *conn)
+                .await?;
+        let Some(provider_id) = provider
+            .filter(|(_, kind)| kind == "provider")
+            .map(|(id, _)| id)
+        else {
+            report.reject(
+                row,
+                format!("provider `{}` is not a provider organisation", p.provider),
+            );
+            continue;
+        };
+        let Some((learner_id, school)) = learner_by_upn(conn, &p.upn).await? else {
+            report.reject(
+                row,
+                format!(
+                    "learner {} is not known: a learner comes from its school's roster or a referral",
+                    p.upn
+                ),
+            );
+            continue;
+        };
+        if let Some(reference) = &p.referral {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT id FROM referrals WHERE reference = $1 AND upn = $2")
+                    .bind(reference)
+                    .bind(&p.upn)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if found.is_none() {
+                report.reject(
+                    row,
+                    format!("referral {reference} is not a referral of {}", p.upn),
+                );
+                continue;
+            }
+        }
+        let existing: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM placements WHERE learner_id = $1 AND provider_org_id = $2
+               AND course = $3 AND start_date = $4",
+        )
+        .bind(learner_id)
+        .bind(provider_id)
+        .bind(&p.course)
+        .bind(p.start_date.to_string())
+        .fetch_optional(&mut *conn)
+        .await?;
+        // The row states the placement whole: a later row replaces every optional column.
+        sqlx::query(
+            "INSERT INTO placements (learner_id, provider_org_id, course, start_date, end_date,
+                cohort, qualification, partnership, referral, upload_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+             ON CONFLICT (learner_id, provider_org_id, course, start_date) DO UPDATE SET
+                end_date = excluded.end_date, cohort = excluded.cohort,
+                qualification = excluded.qualification, partnership = excluded.partnership,
+                referral = excluded.referral, upload_id = excluded.upload_id,
+                updated_at = excluded.updated_at",
+        )
+        .bind(learner_id)
+        .bind(provider_id)
+        .bind(&p.course)
+        .bind(p.start_date.to_string())
+        .bind(p.end_date.map(|d| d.to_string()))
+        .bind(&p.cohort)
+        .bind(&p.qualification)
+        .bind(&p.partnership)
+        .bind(&p.referral)
+        .bind(job.upload_id)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        let what = match (existing, p.end_date) {
+            (None, None) => "created".to_string(),
+            (None, Some(end)) => format!("created, ending {end}"),
+            (Some(_), None) => "updated".to_string(),
+            (Some(_), Some(end)) => format!("updated, ending {end}"),
+        };
+        report.note(
+            row,
+            format!(
+                "placement of {} with {} on {} from {} {what}",
+                p.upn, p.provider, p.course, p.start_date
+            ),
+        );
+        if school.is_none() {
+            report.note(
+                row,
+                format!(
+                    "{} has no home school yet: no school sees this placement",
+                    p.upn
+                ),
+            );
+        }
+        report.accepted += 1;
     }
     Ok(())
 }

@@ -16,7 +16,8 @@ pub(super) async fn marks(
         MarkScope::Provider(id) => (None, Some(id)),
     };
     let rows = sqlx::query(
-        "SELECT l.upn, l.surname, l.forename, s.slug AS school, p.slug AS provider, m.course, m.date,
+        "SELECT l.school_org_id, m.provider_org_id, l.upn, l.surname, l.forename, s.slug AS school,
+                p.slug AS provider, m.course, m.date,
                 m.start, m.end_time, m.status, m.contribution, m.dfe_code, m.note, m.version, m.current,
                 m.source
          FROM marks m JOIN learners l ON l.id = m.learner_id
@@ -34,6 +35,8 @@ pub(super) async fn marks(
     rows.iter()
         .map(|r| {
             Ok(MarkRecord {
+                school_org_id: r.try_get("school_org_id")?,
+                provider_org_id: r.try_get("provider_org_id")?,
                 upn: r.try_get("upn")?,
                 surname: r.try_get("surname")?,
                 forename: r.try_get("forename")?,
@@ -55,12 +58,57 @@ pub(super) async fn marks(
         .collect()
 }
 
+pub(super) async fn placements(
+    db: &SqlDb,
+    scope: MarkScope,
+) -> anyhow::Result<Vec<PlacementRecord>> {
+    let (school, provider) = match scope {
+        MarkScope::All => (None, None),
+        MarkScope::School(id) => (Some(id), None),
+        MarkScope::Provider(id) => (None, Some(id)),
+    };
+    let rows = sqlx::query(
+        "SELECT l.school_org_id, p.provider_org_id, l.upn, l.surname, l.forename, s.slug AS school,
+                o.slug AS provider, p.course, p.start_date, p.end_date, p.cohort, p.qualification,
+                p.partnership, p.referral
+         FROM placements p JOIN learners l ON l.id = p.learner_id
+         JOIN orgs o ON o.id = p.provider_org_id
+         LEFT JOIN orgs s ON s.id = l.school_org_id
+         WHERE ($1 IS NULL OR l.school_org_id = $1) AND ($2 IS NULL OR p.provider_org_id = $2)
+         ORDER BY l.upn, o.slug, p.course, p.start_date",
+    )
+    .bind(school)
+    .bind(provider)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PlacementRecord {
+                school_org_id: r.try_get("school_org_id")?,
+                provider_org_id: r.try_get("provider_org_id")?,
+                upn: r.try_get("upn")?,
+                surname: r.try_get("surname")?,
+                forename: r.try_get("forename")?,
+                school: r.try_get("school")?,
+                provider: r.try_get("provider")?,
+                course: r.try_get("course")?,
+                start_date: r.try_get("start_date")?,
+                end_date: r.try_get("end_date")?,
+                cohort: r.try_get("cohort")?,
+                qualification: r.try_get("qualification")?,
+                partnership: r.try_get("partnership")?,
+                referral: r.try_get("referral")?,
+            })
+        })
+        .collect()
+}
+
 pub(super) async fn transfers(
     db: &SqlDb,
     org_id: Option<i64>,
 ) -> anyhow::Result<Vec<TransferRecord>> {
     let rows = sqlx::query(
-        "SELECT u.created_at, so.slug AS sender, us.username AS sent_by, ro.slug AS recipient,
+        "SELECT u.sender_org_id, d.recipient_org_id, u.created_at, so.slug AS sender, us.username AS sent_by, ro.slug AS recipient,
                 d.recipient_role, u.folder, u.name, u.size, u.sha256, d.downloaded_by, d.downloaded_at,
                 d.recalled_at, u.expired_at
          FROM deliveries d JOIN uploads u ON u.id = d.upload_id
@@ -76,6 +124,8 @@ pub(super) async fn transfers(
     rows.iter()
         .map(|r| {
             Ok(TransferRecord {
+                sender_org_id: r.try_get("sender_org_id")?,
+                recipient_org_id: r.try_get("recipient_org_id")?,
                 sent_at: r.try_get("created_at")?,
                 sender: r.try_get("sender")?,
                 sent_by: r.try_get("sent_by")?,
@@ -125,11 +175,14 @@ pub(super) async fn withdrawals(
     org: Option<i64>,
 ) -> anyhow::Result<Vec<WithdrawalRecord>> {
     let rows = sqlx::query(
-        "SELECT w.reference, ro.slug AS requester, po.slug AS provider, w.upn, w.course,
+        "SELECT l.school_org_id, w.provider_org_id, w.reference, ro.slug AS requester,
+                po.slug AS provider, w.upn, w.course,
                 w.requested_last_day, w.reason, w.meeting_date, w.received_at, w.deadline
          FROM withdrawals w JOIN orgs ro ON ro.id = w.requester_org_id
          JOIN orgs po ON po.id = w.provider_org_id
+         LEFT JOIN learners l ON l.upn = w.upn
          WHERE $1 IS NULL OR w.requester_org_id = $1 OR w.provider_org_id = $1
+            OR l.school_org_id = $1
          ORDER BY w.id",
     )
     .bind(org)
@@ -138,6 +191,8 @@ pub(super) async fn withdrawals(
     rows.iter()
         .map(|r| {
             Ok(WithdrawalRecord {
+                school_org_id: r.try_get("school_org_id")?,
+                provider_org_id: r.try_get("provider_org_id")?,
                 reference: r.try_get("reference")?,
                 requester: r.try_get("requester")?,
                 provider: r.try_get("provider")?,

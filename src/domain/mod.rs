@@ -5,5 +5,7 @@ pub mod dates;
 pub mod identifiers;
 pub mod names;
 pub mod org;
+pub mod placement;
 pub mod routing;
 pub mod tree;
+pub mod visibility;

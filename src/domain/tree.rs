@@ -12,15 +12,17 @@ pub enum IngestKind {
     Referral,
     Withdrawal,
     Roster,
+    Placements,
 }
 
 impl IngestKind {
-    pub const ALL: [IngestKind; 5] = [
+    pub const ALL: [IngestKind; 6] = [
         IngestKind::Register,
         IngestKind::Absences,
         IngestKind::Referral,
         IngestKind::Withdrawal,
         IngestKind::Roster,
+        IngestKind::Placements,
     ];
 
     /// The folder at the root of the tree where this kind is dropped.
@@ -31,6 +33,7 @@ impl IngestKind {
             IngestKind::Referral => "referrals",
             IngestKind::Withdrawal => "withdrawals",
             IngestKind::Roster => "roster",
+            IngestKind::Placements => "placements",
         }
     }
 
@@ -41,6 +44,7 @@ impl IngestKind {
             IngestKind::Referral => "referral",
             IngestKind::Withdrawal => "withdrawal",
             IngestKind::Roster => "roster",
+            IngestKind::Placements => "placements",
         }
     }
 
@@ -56,6 +60,7 @@ impl IngestKind {
                 kind == OrgKind::School
             }
             IngestKind::Withdrawal => matches!(kind, OrgKind::School | OrgKind::Provider),
+            IngestKind::Placements => kind == OrgKind::Hub,
         }
     }
 }
@@ -354,9 +359,16 @@ mod tests {
             Node::OutboxTarget(Target::Org("demo-school".into()))
         );
         assert!(classify(OrgKind::Hub, &n("/registers/x")).is_err());
+        let Node::Write { folder, .. } = classify(OrgKind::Hub, &n("/placements/p.csv")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(folder.ingest, Some(IngestKind::Placements));
+        assert!(classify(OrgKind::School, &n("/placements/p.csv")).is_err());
+        assert!(classify(OrgKind::Provider, &n("/placements/p.csv")).is_err());
         assert_eq!(
             root_folders(OrgKind::Hub),
-            vec!["inbox", "outbox", "receipts", "reports"]
+            vec!["inbox", "outbox", "placements", "receipts", "reports"]
         );
     }
 }

@@ -49,7 +49,7 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<AbsenceDecision, String> {
         upn,
         decision,
         dfe_code,
-        note: r.get("note").map(String::from),
+        note: r.note("note")?,
     })
 }
 

@@ -4,8 +4,8 @@
 use chrono::NaiveDate;
 use serde_json::Value;
 
-use super::table::{ColumnSpec, RowResult, Sheet, Unreadable};
-use crate::domain::dates::{older_than_three_months, parse_date};
+use super::table::{ColumnSpec, RowResult, Sheet, Unreadable, check_note_length};
+use crate::domain::dates::{Calendar, older_than_three_months, parse_date};
 use crate::domain::identifiers::check_upn;
 use crate::domain::org::OrgKind;
 
@@ -250,10 +250,17 @@ pub struct Withdrawal {
     pub reason: String,
     pub impact_considered: bool,
     pub meeting_date: Option<NaiveDate>,
+    /// When the hub will have processed it: the fifth working day after receipt.
+    pub deadline: NaiveDate,
 }
 
-/// Checks a withdrawal form sent by an organisation of `requester`.
-pub fn check_withdrawal(form: &Value, requester: OrgKind) -> Result<Withdrawal, String> {
+/// Checks a withdrawal form sent by an organisation of `requester`, received on `received`.
+pub fn check_withdrawal(
+    form: &Value,
+    requester: OrgKind,
+    received: NaiveDate,
+    calendar: &Calendar,
+) -> Result<Withdrawal, String> {
     let mut mandatory = vec![
         "upn",
         "course",
@@ -283,6 +290,8 @@ pub fn check_withdrawal(form: &Value, requester: OrgKind) -> Result<Withdrawal, 
     } else {
         None
     };
+    let reason = text(form, "reason").unwrap_or_default();
+    check_note_length("reason", &reason)?;
     Ok(Withdrawal {
         upn,
         course: text(form, "course").unwrap_or_default(),
@@ -290,9 +299,10 @@ pub fn check_withdrawal(form: &Value, requester: OrgKind) -> Result<Withdrawal, 
             .unwrap_or_default()
             .to_ascii_lowercase(),
         requested_last_day: date_field(form, "requested_last_day")?,
-        reason: text(form, "reason").unwrap_or_default(),
+        reason,
         impact_considered,
         meeting_date,
+        deadline: calendar.add_working_days(received, 5),
     })
 }
 
@@ -416,17 +426,42 @@ favourite_colour: green
         let doc = "upn: B801200005001\ncourse: Motor Vehicle Level 1\nprovider: prov-a\n\
                    requested_last_day: 2026-12-18\nreason: College place\nimpact_considered: true\n";
         let form = parse_document(doc).unwrap();
-        let w = check_withdrawal(&form, OrgKind::School).unwrap();
+        let w = check_withdrawal(
+            &form,
+            OrgKind::School,
+            day(2026, 11, 27),
+            &Calendar::default(),
+        )
+        .unwrap();
         assert_eq!(w.requested_last_day, day(2026, 12, 18));
-        let e = check_withdrawal(&form, OrgKind::Provider).unwrap_err();
+        let e = check_withdrawal(
+            &form,
+            OrgKind::Provider,
+            day(2026, 11, 27),
+            &Calendar::default(),
+        )
+        .unwrap_err();
         assert!(e.contains("meeting_date"), "{e}");
         let form = parse_document(&format!("{doc}meeting_date: 20/11/2026\n")).unwrap();
-        assert!(check_withdrawal(&form, OrgKind::Provider).is_ok());
+        assert!(
+            check_withdrawal(
+                &form,
+                OrgKind::Provider,
+                day(2026, 11, 27),
+                &Calendar::default()
+            )
+            .is_ok()
+        );
         let form = parse_document(&doc.replace("true", "false")).unwrap();
         assert!(
-            check_withdrawal(&form, OrgKind::School)
-                .unwrap_err()
-                .contains("impact")
+            check_withdrawal(
+                &form,
+                OrgKind::School,
+                day(2026, 11, 27),
+                &Calendar::default()
+            )
+            .unwrap_err()
+            .contains("impact")
         );
     }
 }

@@ -5,6 +5,7 @@
 pub mod absences;
 pub mod forms;
 pub mod local;
+pub mod placements;
 pub mod receipt;
 pub mod register;
 pub mod roster;
@@ -18,6 +19,7 @@ use chrono::NaiveDate;
 
 use crate::audit::AuditEntry;
 use crate::db::IngestJob;
+use crate::domain::dates::Calendar;
 use crate::domain::org::OrgKind;
 use crate::domain::tree::IngestKind;
 use crate::gateway::Gateway;
@@ -35,6 +37,7 @@ pub enum Batch {
     Roster(Vec<RowResult<roster::RosterRow>>),
     Referral(Vec<RowResult<forms::Referral>>),
     Withdrawal(Vec<RowResult<forms::Withdrawal>>),
+    Placements(Vec<RowResult<placements::PlacementRow>>),
     /// Nothing to apply: the file is unreadable as a whole.
     Unreadable(String),
     /// Nothing to apply: the same bytes were applied before (`name at time`).
@@ -53,19 +56,22 @@ fn looks_like_csv(name: &str, text: &str) -> bool {
                 .is_some_and(|l| l.contains(',') && !l.contains(':')))
 }
 
-/// Parses a file of `kind` sent by an organisation of `sender`: pure, no I/O.
+/// Parses a file of `kind` sent by an organisation of `sender`, received on `received`: pure,
+/// no I/O. `calendar` gives the working days of a withdrawal's deadline.
 pub fn parse_file(
     kind: IngestKind,
     sender: OrgKind,
     name: &str,
     bytes: &[u8],
     received: NaiveDate,
+    calendar: &Calendar,
 ) -> Batch {
     let parsed = decode_text(bytes).and_then(|text| {
         Ok(match kind {
             IngestKind::Register => Batch::Register(register::parse(text)?),
             IngestKind::Absences => Batch::Absences(absences::parse(text)?),
             IngestKind::Roster => Batch::Roster(roster::parse(text)?),
+            IngestKind::Placements => Batch::Placements(placements::parse(text)?),
             IngestKind::Referral if looks_like_csv(name, text) => {
                 Batch::Referral(forms::parse_referral_csv(text, received)?)
             }
@@ -80,7 +86,7 @@ pub fn parse_file(
                 let form = forms::parse_document(text)?;
                 Batch::Withdrawal(vec![RowResult {
                     row: 1,
-                    result: forms::check_withdrawal(&form, sender),
+                    result: forms::check_withdrawal(&form, sender, received, calendar),
                 }])
             }
         })
@@ -154,8 +160,9 @@ async fn run_job(gw: &Gateway, job_id: i64) -> anyhow::Result<Option<ApplyReport
                     job.file_name.clone(),
                     received_date(&job),
                 );
+                let calendar = gw.config().bank_holidays.calendar();
                 tokio::task::spawn_blocking(move || {
-                    parse_file(kind, sender, &name, &bytes, received)
+                    parse_file(kind, sender, &name, &bytes, received, &calendar)
                 })
                 .await?
             }

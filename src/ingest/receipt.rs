@@ -11,6 +11,9 @@ pub struct ApplyReport {
     pub rejected: Vec<(usize, String)>,
     /// Per-row information: references, deadlines, learners created.
     pub notes: Vec<(usize, String)>,
+    /// Per-row information for the hub's copy only (which school holds a UPN): the sender may
+    /// not learn it (SPEC §1).
+    pub hub_notes: Vec<(usize, String)>,
     /// Set when the file could not be read as a whole: nothing was applied.
     pub unreadable: Option<String>,
     /// Set when the same bytes were already applied: nothing was applied again.
@@ -24,6 +27,10 @@ impl ApplyReport {
 
     pub fn note(&mut self, row: usize, note: impl Into<String>) {
         self.notes.push((row, note.into()));
+    }
+
+    pub fn hub_note(&mut self, row: usize, note: impl Into<String>) {
+        self.hub_notes.push((row, note.into()));
     }
 }
 
@@ -46,7 +53,8 @@ pub fn receipt_name(received_at: &str, file_name: &str) -> String {
     format!("{stamp}Z-{}.txt", file_name.replace('/', "_"))
 }
 
-pub fn render(h: &ReceiptHeader<'_>, r: &ApplyReport) -> String {
+/// The receipt as the sender reads it, or (`for_hub`) with the hub's notes too.
+pub fn render(h: &ReceiptHeader<'_>, r: &ApplyReport, for_hub: bool) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "apgate receipt");
     let _ = writeln!(s, "File:         {}", h.file_name);
@@ -87,6 +95,12 @@ pub fn render(h: &ReceiptHeader<'_>, r: &ApplyReport) -> String {
             r.notes
                 .iter()
                 .map(|(row, note)| (*row, format!("row {row}: {note}"))),
+        )
+        .chain(
+            r.hub_notes
+                .iter()
+                .filter(|_| for_hub)
+                .map(|(row, note)| (*row, format!("row {row}: for the hub only: {note}"))),
         )
         .collect();
     lines.sort_by_key(|(row, _)| *row);
@@ -131,7 +145,14 @@ mod tests {
             3,
             "learner B801200005001 was not known: created and flagged for the hub",
         );
-        let text = render(&header(), &r);
+        r.hub_note(14, "B801200005001 is on the roll of school-b");
+        let text = render(&header(), &r, false);
+        assert!(!text.contains("school-b"), "{text}");
+        let hub = render(&header(), &r, true);
+        assert!(
+            hub.contains("row 14: for the hub only: B801200005001 is on the roll of school-b"),
+            "{hub}"
+        );
         assert!(
             text.contains("2 accepted (1 amended an earlier mark), 1 rejected"),
             "{text}"
@@ -149,7 +170,7 @@ mod tests {
             unreadable: Some("required column missing: upn".into()),
             ..Default::default()
         };
-        assert!(render(&header(), &r).contains("NOT APPLIED"));
+        assert!(render(&header(), &r, false).contains("NOT APPLIED"));
         assert_eq!(
             receipt_name("2026-11-28T23:10:01.123Z", "dir/reg.csv"),
             "20261128T231001Z-dir_reg.csv.txt"

@@ -69,6 +69,7 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<RegisterRow, String> {
             n
         }
     };
+    let note = r.note("note")?;
     let dfe_code = r.get("dfe_code").map(str::to_string);
     if let Some(code) = &dfe_code {
         check_dfe_code(status, code).map_err(|e| format!("dfe_code: {e}"))?;
@@ -86,7 +87,7 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<RegisterRow, String> {
         group: r.get("group").map(String::from),
         location: r.get("location").map(String::from),
         dfe_code,
-        note: r.get("note").map(String::from),
+        note,
     })
 }
 

@@ -26,6 +26,21 @@ pub fn decode_text(bytes: &[u8]) -> Result<&str, Unreadable> {
     })
 }
 
+/// Longest `reason` of a withdrawal, and of any note (SPEC §4.1): notes are for the training
+/// record, not a channel for documents.
+pub const MAX_NOTE_CHARS: usize = 2000;
+
+/// Checks the length of a free-text field against [`MAX_NOTE_CHARS`].
+pub fn check_note_length(field: &str, text: &str) -> Result<(), String> {
+    let n = text.chars().count();
+    if n > MAX_NOTE_CHARS {
+        return Err(format!(
+            "{field} is {n} characters long; at most {MAX_NOTE_CHARS} are allowed (send documents as files to /outbox/)"
+        ));
+    }
+    Ok(())
+}
+
 /// The columns a kind of CSV has.
 pub struct ColumnSpec {
     pub required: &'static [&'static str],
@@ -318,6 +333,15 @@ impl Row<'_> {
     /// A required cell: its value, or the reason the row is rejected.
     pub fn need(&self, column: &str) -> Result<&str, String> {
         self.get(column).ok_or_else(|| format!("{column} is empty"))
+    }
+
+    /// An optional free-text cell, at most [`MAX_NOTE_CHARS`] long.
+    pub fn note(&self, column: &str) -> Result<Option<String>, String> {
+        let note = self.get(column);
+        if let Some(n) = note {
+            check_note_length(column, n)?;
+        }
+        Ok(note.map(String::from))
     }
 }
 

@@ -41,20 +41,30 @@ pub enum Notice {
         provider_org_id: i64,
         count: i64,
     },
+    /// `count` referrals in one file (one message per file).
     ReferralReceived {
         school_org_id: i64,
+        #[serde(default = "one")]
+        count: i64,
     },
     /// `other_org_id`: the party that did not send the request (the provider of the course, or the
     /// learner's home school when a provider asks), when known.
     WithdrawalRequested {
         requester_org_id: i64,
         other_org_id: Option<i64>,
+        #[serde(default = "one")]
+        count: i64,
     },
     /// A `dsl` transfer has not been downloaded within `mail.dsl_escalate_minutes`.
     DslNotDownloaded {
         sender_org_id: i64,
         recipient_org_id: i64,
     },
+}
+
+/// Events written before notices carried a count were about one row.
+fn one() -> i64 {
+    1
 }
 
 impl Notice {
@@ -216,23 +226,27 @@ pub fn plan(notice: &Notice, hub_org_id: i64) -> Vec<Outgoing> {
             *provider_org_id,
             *count,
         )],
-        Notice::ReferralReceived { school_org_id } => vec![to(
+        Notice::ReferralReceived {
+            school_org_id,
+            count,
+        } => vec![to(
             MailKind::Referral,
             hub_org_id,
             Role::Coordinator,
             *school_org_id,
-            1,
+            *count,
         )],
         Notice::WithdrawalRequested {
             requester_org_id,
             other_org_id,
+            count,
         } => {
             let mut out = vec![to(
                 MailKind::Withdrawal,
                 hub_org_id,
                 Role::Coordinator,
                 *requester_org_id,
-                1,
+                *count,
             )];
             if let Some(other) = other_org_id.filter(|o| *o != *requester_org_id) {
                 out.push(to(
@@ -240,7 +254,7 @@ pub fn plan(notice: &Notice, hub_org_id: i64) -> Vec<Outgoing> {
                     other,
                     Role::Coordinator,
                     *requester_org_id,
-                    1,
+                    *count,
                 ));
             }
             out
@@ -522,12 +536,22 @@ mod tests {
             hub,
         );
         assert_eq!((a[0].to_org_id, a[0].about_org_id), (4, 6));
-        let f = plan(&Notice::ReferralReceived { school_org_id: 4 }, hub);
-        assert_eq!((f[0].to_org_id, f[0].to_role), (hub, Role::Coordinator));
+        let f = plan(
+            &Notice::ReferralReceived {
+                school_org_id: 4,
+                count: 3,
+            },
+            hub,
+        );
+        assert_eq!(
+            (f.len(), f[0].to_org_id, f[0].to_role, f[0].count),
+            (1, hub, Role::Coordinator, 3)
+        );
         let w = plan(
             &Notice::WithdrawalRequested {
                 requester_org_id: 4,
                 other_org_id: Some(6),
+                count: 1,
             },
             hub,
         );
@@ -564,10 +588,20 @@ mod tests {
         let n = Notice::WithdrawalRequested {
             requester_org_id: 4,
             other_org_id: None,
+            count: 1,
         };
         let text = serde_json::to_string(&n).unwrap();
         assert!(text.contains("\"kind\":\"withdrawal_requested\""));
         assert_eq!(serde_json::from_str::<Notice>(&text).unwrap(), n);
+        // An event written before notices carried a count is about one row.
+        let old = r#"{"kind":"referral_received","school_org_id":4}"#;
+        assert_eq!(
+            serde_json::from_str::<Notice>(old).unwrap(),
+            Notice::ReferralReceived {
+                school_org_id: 4,
+                count: 1
+            }
+        );
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::domain::routing::{route, unknown_target};
 use crate::domain::tree::{
     Node, Target, WriteFolder, classify, display_path, normalize, root_folders,
 };
+use crate::domain::visibility::holds_role;
 use crate::gateway::{Gateway, Principal};
 use crate::vault::{ReadAhead, SealedBlob, UploadWriter};
 
@@ -368,7 +369,8 @@ impl SftpSession {
             .ok_or_else(|| FsError::NotFound(format!("no file {name} in your inbox")))
     }
 
-    /// The hub's inbox has a folder per school or provider.
+    /// The hub's inbox has a folder per school or provider, and one of its own for the files
+    /// it ingested itself (placements).
     async fn hub_inbox_senders(&self) -> FsResult<Vec<String>> {
         Ok(self
             .gw
@@ -376,7 +378,6 @@ impl SftpSession {
             .orgs()
             .await?
             .into_iter()
-            .filter(|o| o.kind != OrgKind::Hub)
             .map(|o| o.slug)
             .collect())
     }
@@ -417,11 +418,14 @@ impl SftpSession {
         let [name] = rel else {
             return Ok(None);
         };
-        Ok(
-            crate::reports::generate(self.gw.db.as_ref(), name, &self.who.org)
-                .await?
-                .map(Bytes::from),
+        Ok(crate::reports::generate(
+            self.gw.db.as_ref(),
+            name,
+            self.who.viewer(),
+            chrono::Utc::now().date_naive(),
         )
+        .await?
+        .map(Bytes::from))
     }
 
     // ----- write folders -----
@@ -433,6 +437,14 @@ impl SftpSession {
         let me = &self.who.org;
         let db = &self.gw.db;
         let orgs = match &folder.target {
+            // The hub's own ingest folders (/placements/): the file is kept in its own inbox and
+            // goes to nobody else, so there is no transfer for routing to decide.
+            Target::Hub if me.kind == OrgKind::Hub && folder.ingest.is_some() => {
+                return Ok(vec![Recipient {
+                    org_id: me.id,
+                    inbox_folder: me.slug.clone(),
+                }]);
+            }
             Target::Hub => db.hub().await?.into_iter().collect::<Vec<_>>(),
             Target::Org(slug) => match db.org_by_slug(slug).await? {
                 Some(o) if !o.disabled => vec![o],
@@ -482,6 +494,16 @@ impl SftpSession {
         FsError::Denied(message)
     }
 
+    /// What this user may see of its organisation's sent files in `folder`: nothing in a
+    /// folder of a role it does not hold (a coordinator-only user never sees, recalls or
+    /// renames a DSL transfer, SPEC §1).
+    async fn outbox_files(&self, folder: &WriteFolder) -> FsResult<Vec<crate::db::OutboxFile>> {
+        if !holds_role(self.who.viewer(), folder.role) {
+            return Ok(Vec::new());
+        }
+        Ok(self.gw.db.outbox(self.who.org.id, &folder.path).await?)
+    }
+
     async fn write_entry(&self, folder: &WriteFolder, name: &str) -> FsResult<WriteEntry> {
         if name.is_empty() {
             return Ok(WriteEntry::Dir);
@@ -489,7 +511,7 @@ impl SftpSession {
         if let Some(s) = self.staged.get(&(folder.path.clone(), name.to_string())) {
             return Ok(WriteEntry::Staged(s.sealed.size));
         }
-        let pending = self.gw.db.outbox(self.who.org.id, &folder.path).await?;
+        let pending = self.outbox_files(folder).await?;
         if let Some(f) = pending.iter().find(|f| f.name == name) {
             return Ok(WriteEntry::Pending {
                 upload_id: f.upload_id,
@@ -669,7 +691,7 @@ impl SftpSession {
             }
             Node::Write { folder, rel } => {
                 let prefix = rel.join("/");
-                let pending = self.gw.db.outbox(self.who.org.id, &folder.path).await?;
+                let pending = self.outbox_files(&folder).await?;
                 let staged: Vec<(&String, u64)> = self
                     .staged
                     .iter()

@@ -653,6 +653,55 @@ impl Drop for Gateway {
     }
 }
 
+impl Gateway {
+    /// Puts `upns` on `school`'s roll (a roster through `apgate ingest`), with the names
+    /// `Surname<n>` and `Forename<n>`.
+    pub fn enrol(&self, school: &str, upns: &[&str]) {
+        let mut roster = String::from("upn,surname,forename,date_of_birth,gender,year_group\n");
+        for (i, u) in upns.iter().enumerate() {
+            roster.push_str(&format!("{u},Surname{i},Forename{i},2011-03-14,F,10\n"));
+        }
+        let f = self.file(&format!("roster-{}.csv", rand_suffix()), roster.as_bytes());
+        let out = self.cli_ok(&[
+            "ingest",
+            f.to_str().unwrap(),
+            "--org",
+            school,
+            "--kind",
+            "roster",
+        ]);
+        assert!(out.contains(&format!("{} accepted", upns.len())), "{out}");
+    }
+
+    /// Places each of `upns` with `provider` on `course` from 2020-01-01, open (a placements
+    /// file from the hub through `apgate ingest`).
+    pub fn place(&self, provider: &str, course: &str, upns: &[&str]) {
+        let mut text = String::from("upn,provider,course,start_date\n");
+        for u in upns {
+            text.push_str(&format!("{u},{provider},{course},2020-01-01\n"));
+        }
+        self.ingest_placements(&text, upns.len());
+    }
+
+    /// Ingests a placements CSV as the hub and checks that `accepted` rows were.
+    pub fn ingest_placements(&self, text: &str, accepted: usize) -> String {
+        let f = self.file(
+            &format!("placements-{}.csv", rand_suffix()),
+            text.as_bytes(),
+        );
+        let out = self.cli_ok(&[
+            "ingest",
+            f.to_str().unwrap(),
+            "--org",
+            "cap",
+            "--kind",
+            "placements",
+        ]);
+        assert!(out.contains(&format!("{accepted} accepted")), "{out}");
+        out
+    }
+}
+
 /// A valid UPN for a number: the check letter is found by trying each.
 pub fn upn(n: u32) -> String {
     let body = format!("801200{n:06}");
