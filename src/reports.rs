@@ -435,7 +435,8 @@ async fn training_records(
     let mut counts: Vec<(MarkCounts, Option<String>)> =
         vec![(MarkCounts::default(), None); placements.len()];
     // (upn, provider, course) → the placements' indexes, in start order.
-    let mut by_key: BTreeMap<(&str, &str, &str), Vec<(usize, Span)>> = BTreeMap::new();
+    type Key<'a> = (&'a str, &'a str, &'a str);
+    let mut by_key: BTreeMap<Key<'_>, Vec<(usize, Span)>> = BTreeMap::new();
     for (i, p) in placements.iter().enumerate() {
         by_key
             .entry((p.upn.as_str(), p.provider.as_str(), p.course.as_str()))

@@ -34,6 +34,8 @@ crate::on_both_backends! {
     fn register_rows_are_applied_rejected_and_receipted() {
         let g = Gateway::start();
         let (a, b) = (upn(1), upn(2));
+        g.enrol("school-a", &[&a, &b]);
+        g.place("prov-a", "Motor Vehicle L1", &[&a, &b]);
         let text = format!(
             "{REGISTER_HEADER}\
              2026-11-23,09:00,12:00,Motor Vehicle L1,{a},Taylor,Sam,present,1,/\n\
@@ -62,12 +64,6 @@ crate::on_both_backends! {
             receipt.contains("row 5: REJECTED: UPN `A801200005001` has a wrong check letter"),
             "{receipt}"
         );
-        assert!(
-            receipt.contains(&format!(
-                "row 2: learner {a} was not known: created from this row and flagged"
-            )),
-            "{receipt}"
-        );
         // The hub sees the receipt too, and the raw file in its inbox.
         let hub_copy = read(&g, "cap-user", &format!("/receipts/prov-a/{}", names[0]));
         assert_eq!(hub_copy, receipt);
@@ -78,12 +74,65 @@ crate::on_both_backends! {
         // Another provider sees neither.
         assert!(receipts(&g, "prov-b-user", "/receipts").is_empty());
 
+        // The names come from the school's roster, never from the register.
         let registers = read(&g, "prov-a-user", "/reports/registers.csv");
         assert_eq!(registers.lines().count(), 3, "{registers}");
         assert!(registers.contains(&format!(
-            "{b},Jones,Ali,,prov-a,Motor Vehicle L1,2026-11-23,13:00,15:00,unexplained_absence"
-        )));
+            "{b},Surname1,Forename1,school-a,prov-a,Motor Vehicle L1,2026-11-23,13:00,15:00,unexplained_absence"
+        )), "{registers}");
+        assert!(!registers.contains("Jones") && !registers.contains("Taylor"), "{registers}");
         assert!(!read(&g, "prov-b-user", "/reports/registers.csv").contains(&a));
+    }
+
+    /// A provider without a placement probes a UPN the gateway knows and one it does not: the
+    /// receipts read the same, nothing is stored, and no report shows either learner.
+    fn a_provider_cannot_tell_a_known_upn_from_an_unknown_one() {
+        let g = Gateway::start();
+        let (known, unknown) = (upn(3), upn(4));
+        g.enrol("school-a", &[&known]);
+        g.place("prov-a", "Motor Vehicle L1", &[&known]);
+        let probe = |u: &str, file: &str| {
+            let text = format!(
+                "{REGISTER_HEADER}2026-11-23,09:00,12:00,Motor Vehicle L1,{u},Probe,Probe,present,,\n"
+            );
+            assert!(put(&g, "prov-b-user", file, &text, "/registers").ok);
+            let name = receipts(&g, "prov-b-user", "/receipts")
+                .into_iter()
+                .find(|n| n.ends_with(&format!("-{file}.txt")))
+                .unwrap();
+            let receipt = read(&g, "prov-b-user", &format!("/receipts/{name}"));
+            let rows: Vec<String> = receipt
+                .lines()
+                .filter(|l| l.starts_with("row ") || l.starts_with("Result:"))
+                .map(|l| l.replace(u, "UPN"))
+                .collect();
+            rows
+        };
+        let a = probe(&known, "probe-known.csv");
+        let b = probe(&unknown, "probe-unknown.csv");
+        assert_eq!(a, b, "the two receipts must not differ");
+        assert!(
+            a.iter().any(|l| l.contains(
+                "row 2: REJECTED: no placement of this learner with prov-b on this course (Motor Vehicle L1) on 2026-11-23"
+            )),
+            "{a:?}"
+        );
+        assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "0");
+        assert_eq!(
+            g.sql(&format!("SELECT COUNT(*) FROM learners WHERE upn = '{unknown}'")).trim(),
+            "0",
+            "a register creates no learner"
+        );
+        for report in ["training-records.csv", "registers.csv"] {
+            let text = read(&g, "prov-b-user", &format!("/reports/{report}"));
+            assert!(!text.contains(&known) && !text.contains("Surname0"), "{report}: {text}");
+        }
+        // The placed provider's register of the same row is accepted.
+        let text = format!(
+            "{REGISTER_HEADER}2026-11-23,09:00,12:00,Motor Vehicle L1,{known},T,S,present,,\n"
+        );
+        assert!(put(&g, "prov-a-user", "ok.csv", &text, "/registers").ok);
+        assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "1");
     }
 
     fn unreadable_file_is_refused_at_close_but_kept_and_receipted() {
@@ -132,6 +181,8 @@ crate::on_both_backends! {
     fn amendments_keep_history_and_identical_files_apply_once() {
         let g = Gateway::start();
         let a = upn(7);
+        g.enrol("school-a", &[&a]);
+        g.place("prov-a", "MV", &[&a]);
         let first = format!(
             "{REGISTER_HEADER}2026-11-23,09:00,12:00,MV,{a},Taylor,Sam,unexplained_absence,,\n"
         );
@@ -185,6 +236,10 @@ crate::on_both_backends! {
                 upn(300 + i % 200)
             )
         };
+        let learners: Vec<String> = (300..500).map(upn).collect();
+        let learners: Vec<&str> = learners.iter().map(String::as_str).collect();
+        g.enrol("school-a", &learners);
+        g.place("prov-a", "Course", &learners);
         // First file: 6,000 lessons.
         let mut first = String::from(header);
         for i in 0..6_000 {
@@ -236,6 +291,7 @@ crate::on_both_backends! {
              {a},Taylor,Sam,14/03/2011,F,9,K\n{b},Jones,Ali,2011-05-01,M,9,N\n"
         );
         assert!(put(&g, "school-a-user", "roster.csv", &roster, "/roster").ok);
+        g.place("prov-a", "MV", &[&a, &b]);
         let reg = format!(
             "{REGISTER_HEADER}2026-11-23,09:00,12:00,MV,{a},Taylor,Sam,unexplained_absence,,N\n\
              2026-11-24,09:00,12:00,MV,{a},Taylor,Sam,unexplained_absence,,\n"
@@ -296,6 +352,8 @@ crate::on_both_backends! {
     fn training_record_reproduces_the_worked_example() {
         let g = Gateway::start();
         let a = upn(21);
+        g.enrol("school-a", &[&a]);
+        g.place("prov-a", "Motor Vehicle L1", &[&a]);
         let mut text = String::from(REGISTER_HEADER);
         let day = |i: u32| {
             let d =
@@ -343,7 +401,10 @@ crate::on_both_backends! {
         assert_eq!(contributions, ["0.0", "2.1", "97.4", "0.5", "0.0"]);
         assert_eq!(col("contribution_balance"), "+3");
         assert_eq!(col("provider"), "prov-a");
-        assert_eq!(col("start"), "2026-01-05");
+        assert_eq!(col("start"), "2020-01-01", "the placement's start");
+        assert_eq!(col("status"), "active");
+        assert_eq!(col("first_mark"), "2026-01-05");
+        assert_eq!(col("school"), "school-a");
     }
 
     fn referrals_and_withdrawals_get_references_and_deadlines() {
@@ -397,6 +458,8 @@ crate::on_both_backends! {
         let csv = read(&g, "cap-user", "/reports/referrals.csv");
         assert!(csv.contains("fishing"), "unknown fields are kept: {csv}");
 
+        // A withdrawal needs an open placement of the learner with that provider on that course.
+        g.place("prov-a", "MV", &[&upn(31)]);
         let withdrawal = format!(
             "{{\"upn\": \"{}\", \"course\": \"MV\", \"provider\": \"prov-a\", \"requested_last_day\": \"2026-12-18\", \
              \"reason\": \"College place\", \"impact_considered\": true, \"meeting_date\": \"2026-11-20\"}}",
@@ -413,24 +476,37 @@ crate::on_both_backends! {
             receipt.contains("the fifth working day after receipt"),
             "{receipt}"
         );
-        // A provider cannot withdraw from another provider's course.
+        // A provider cannot withdraw a learner from another provider's course, nor a school
+        // another school's learner: the same words as for a UPN nobody knows.
+        let refused = "no open placement of this learner with prov-a on this course (MV) that you may withdraw";
         assert!(put(&g, "prov-b-user", "wd.json", &withdrawal, "/withdrawals").ok);
         let names = receipts(&g, "prov-b-user", "/receipts");
-        assert!(
-            read(&g, "prov-b-user", &format!("/receipts/{}", names[0]))
-                .contains("only from its own courses")
-        );
-        assert!(
-            read(&g, "school-a-user", "/reports/withdrawals.csv")
-                .lines()
-                .count()
-                == 1
+        let receipt = read(&g, "prov-b-user", &format!("/receipts/{}", names[0]));
+        assert!(receipt.contains(refused), "{receipt}");
+        let school_form = withdrawal.replace(", \"meeting_date\": \"2026-11-20\"", "");
+        assert!(put(&g, "school-b-user", "wd.json", &school_form, "/withdrawals").ok);
+        let names = receipts(&g, "school-b-user", "/receipts");
+        let receipt = read(&g, "school-b-user", &format!("/receipts/{}", names[0]));
+        assert!(receipt.contains(refused), "{receipt}");
+        let unknown = school_form.replace(&upn(31), &upn(39));
+        assert!(put(&g, "school-a-user", "wd-unknown.json", &unknown, "/withdrawals").ok);
+        let names = receipts(&g, "school-a-user", "/receipts");
+        let name = names.iter().find(|n| n.contains("wd-unknown")).unwrap();
+        let receipt = read(&g, "school-a-user", &format!("/receipts/{name}"));
+        assert!(receipt.contains(refused), "{receipt}");
+        // The home school sees the provider's request about its learner; school-b does not.
+        assert!(read(&g, "school-a-user", "/reports/withdrawals.csv").contains("WD-"));
+        assert_eq!(
+            read(&g, "school-b-user", "/reports/withdrawals.csv").lines().count(),
+            1
         );
         assert!(read(&g, "cap-user", "/reports/withdrawals.csv").contains("WD-"));
     }
 
     fn cli_ingest_and_report() {
         let g = Gateway::start();
+        g.enrol("school-a", &[&upn(41)]);
+        g.place("prov-a", "MV", &[&upn(41)]);
         let f = g.file(
             "cli-reg.csv",
             format!(
@@ -488,15 +564,18 @@ crate::on_both_backends! {
     fn crash_during_ingest_resumes_exactly_once() {
         let mut g = Gateway::start();
         let rows = 60_000u32;
+        let learners: Vec<String> = (100..600).map(upn).collect();
+        let learners: Vec<&str> = learners.iter().map(String::as_str).collect();
+        g.enrol("school-a", &learners);
+        g.place("prov-a", "C", &learners);
         let mut text = String::with_capacity(rows as usize * 80);
         text.push_str(REGISTER_HEADER);
         for i in 0..rows {
             let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
-                + chrono::Days::new(u64::from(i % 300));
+                + chrono::Days::new(u64::from(i / 500));
             text.push_str(&format!(
-                "{d},09:00,12:00,C{},{},T,S,present,0,\n",
-                i / 300,
-                upn(100 + i % 500)
+                "{d},09:00,12:00,C,{},T,S,present,0,\n",
+                learners[(i % 500) as usize]
             ));
         }
         let f = g.file("big.csv", text.as_bytes());
@@ -516,8 +595,9 @@ crate::on_both_backends! {
         g.stop_server(); // SIGKILL, mid-ingest (or just after)
         let _ = client.wait();
         g.start_server();
+        // The roster and the placements have their receipts too.
         wait_until("the receipt", Duration::from_secs(120), || {
-            g.sql("SELECT COUNT(*) FROM receipts").trim() == "1"
+            g.sql("SELECT COUNT(*) FROM receipts").trim() == "3"
         });
         assert_eq!(
             g.sql("SELECT COUNT(*) FROM marks").trim(),
@@ -526,12 +606,12 @@ crate::on_both_backends! {
         assert_eq!(
             g.sql("SELECT COUNT(*) FROM ingest_jobs WHERE state = 'done'")
                 .trim(),
-            "1"
+            "3"
         );
         std::thread::sleep(Duration::from_secs(3));
         assert_eq!(
             g.sql("SELECT COUNT(*) FROM receipts").trim(),
-            "1",
+            "3",
             "receipted once"
         );
     }

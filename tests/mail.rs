@@ -136,6 +136,7 @@ crate::on_both_backends! {
             ),
             "/roster",
         );
+        g.place("prov-a", "Motor Vehicle L1", &[&learner]);
         put(
             &g,
             "prov-a-user",

@@ -116,7 +116,8 @@ mod tests {
             open: false,
         }];
         // (viewer, home school, placements, sees learner, sees PROVIDER's placement record)
-        let table: &[(i64, Option<i64>, &[PlacementLink], bool, bool)] = &[
+        type Case<'a> = (i64, Option<i64>, &'a [PlacementLink], bool, bool);
+        let table: &[Case<'_>] = &[
             (HUB, Some(SCHOOL), &open, true, true),
             (HUB, None, &[], true, true),
             (SCHOOL, Some(SCHOOL), &open, true, true),
