@@ -25,6 +25,12 @@ pub async fn open(url: &str) -> anyhow::Result<Db> {
     Ok(Arc::new(sql::SqlDb::open(url).await?))
 }
 
+/// Creates the database named by `url` as the release whose last migration was `last` left it
+/// (the upgrade tests start from there).
+pub async fn create_as_of(url: &str, last: i64) -> anyhow::Result<()> {
+    sql::SqlDb::create_as_of(url, last).await
+}
+
 /// The URL without a password, for messages.
 pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -415,7 +421,9 @@ pub trait Database: Send + Sync {
     async fn ingest_job(&self, job_id: i64) -> anyhow::Result<Option<IngestJob>>;
     /// Pending jobs created before `before` (younger ones are still being processed at close).
     async fn pending_ingest_jobs(&self, before: &str) -> anyhow::Result<Vec<i64>>;
-    /// The earlier file (`name at time`) with the same bytes, kind and sender that was applied.
+    /// The earlier file (`name at time`) with the same bytes, kind and sender that was applied
+    /// (at least one row accepted: a file whose every row was refused, say before the hub made
+    /// the placements it needed, is applied when it is sent again).
     async fn applied_duplicate(&self, job: &IngestJob) -> anyhow::Result<Option<String>>;
     /// Applies a parsed file, stores its receipt and marks the job done, in one transaction.
     /// `None` when the job was done already (nothing is applied twice).

@@ -34,6 +34,13 @@ impl Backend {
 }
 
 impl Backend {
+    fn migrations(self) -> &'static sqlx::migrate::Migrator {
+        match self {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
     /// Parameter `n` (from 1) of a statement built at run time. SQLite gets `?`: it looks up
     /// `$n` by name, which is quadratic in a statement with thousands of parameters (measured:
     /// a 1,000,000-row register took 36 times longer).
@@ -97,6 +104,38 @@ async fn reach(opts: &AnyConnectOptions, url: &str) -> anyhow::Result<()> {
 
 impl SqlDb {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        let db = Self::connect(url).await?;
+        db.backend
+            .migrations()
+            .run(&db.pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(db)
+    }
+
+    /// Creates a database with the migrations up to `last` only: the schema an earlier release
+    /// left, for the tests of an upgrade.
+    pub async fn create_as_of(url: &str, last: i64) -> anyhow::Result<()> {
+        let db = Self::connect(url).await?;
+        let all = db.backend.migrations();
+        let earlier = sqlx::migrate::Migrator {
+            migrations: all
+                .iter()
+                .filter(|m| m.version <= last)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        earlier
+            .run(&db.pool)
+            .await
+            .context("cannot apply the earlier migrations")?;
+        db.pool.close().await;
+        Ok(())
+    }
+
+    async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).with_context(|| {
             format!(
@@ -142,14 +181,6 @@ impl SqlDb {
             .connect_with(opts)
             .await
             .with_context(|| format!("cannot connect to the database {}", redact_url(&url)))?;
-        let migrations = match backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrations
-            .run(&pool)
-            .await
-            .context("cannot apply database migrations")?;
         Ok(SqlDb { pool, backend })
     }
 

@@ -66,8 +66,9 @@ pub(super) async fn applied_duplicate(
 ) -> anyhow::Result<Option<String>> {
     let row: Option<(String, String)> = sqlx::query_as(
         "SELECT u.name, u.created_at FROM uploads u JOIN ingest_jobs j ON j.upload_id = u.id
+         JOIN receipts r ON r.upload_id = u.id
          WHERE u.sender_org_id = $1 AND j.kind = $2 AND u.sha256 = $3 AND u.id <> $4
-           AND j.state = 'done' AND j.outcome IS NULL
+           AND j.state = 'done' AND j.outcome IS NULL AND r.accepted > 0
          ORDER BY u.id LIMIT 1",
     )
     .bind(job.org.id)

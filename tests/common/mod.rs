@@ -628,6 +628,14 @@ impl Gateway {
     }
 
     /// Runs SQL on the gateway's database (`sqlite3` or `psql`); rows as `a|b`.
+    /// The database's URL as the gateway's config names it.
+    pub fn database_url(&self) -> String {
+        match &self.postgres {
+            Some(pg) => pg.url.clone(),
+            None => format!("sqlite://{}", self.path("data/apgate.db").display()),
+        }
+    }
+
     pub fn sql(&self, sql: &str) -> String {
         if let Some(pg) = &self.postgres {
             return psql(&pg.url, sql);
