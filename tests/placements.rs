@@ -27,7 +27,7 @@ fn receipt(g: &Gateway, user: &str, folder: &str, file: &str) -> String {
         .lines()
         .map(|l| l.trim().rsplit('/').next().unwrap_or("").to_string())
         .filter(|n| n.ends_with(&format!("-{file}.txt")))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no receipt for {file} in {listing}"));
     read(g, user, &format!("{folder}/{name}"))
 }
