@@ -91,4 +91,39 @@ fn demo_prints_commands_that_work() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("hello.txt"));
+
+    // The demo learner is placed with the demo provider: the register it leaves in clients/
+    // is accepted at once and shows in the provider's training record.
+    let provider = commands
+        .iter()
+        .find(|c| c.contains("provider-user@"))
+        .unwrap();
+    let register = dir.path().join("demo/clients/register.csv");
+    let report = dir.path().join("training-records.csv");
+    std::fs::write(
+        &batch,
+        format!(
+            "put {} /registers/\nget /reports/training-records.csv {}\n",
+            register.display(),
+            report.display()
+        ),
+    )
+    .unwrap();
+    let out = run_printed(provider, &batch);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = std::fs::read_to_string(report).unwrap();
+    let row = report
+        .lines()
+        .find(|l| l.contains("B801200005001"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(
+        row.starts_with(
+            "Sam Taylor,B801200005001,demo-school,demo-provider,Motor Vehicle Level 1,"
+        ) && row.contains(",active,1,1,1,"),
+        "{row}"
+    );
 }

@@ -26,8 +26,7 @@ fn receipt(g: &Gateway, user: &str, folder: &str, file: &str) -> String {
     let name = listing
         .lines()
         .map(|l| l.trim().rsplit('/').next().unwrap_or("").to_string())
-        .filter(|n| n.ends_with(&format!("-{file}.txt")))
-        .next_back()
+        .rfind(|n| n.ends_with(&format!("-{file}.txt")))
         .unwrap_or_else(|| panic!("no receipt for {file} in {listing}"));
     read(g, user, &format!("{folder}/{name}"))
 }
