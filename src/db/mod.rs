@@ -231,6 +231,7 @@ pub struct MarkRecord {
     pub version: i64,
     pub current: bool,
     pub source: String,
+    pub created_at: String,
 }
 
 /// A placement as the reports show it (SPEC §4.0).
@@ -250,6 +251,57 @@ pub struct PlacementRecord {
     pub qualification: Option<String>,
     pub partnership: Option<String>,
     pub referral: Option<String>,
+}
+
+/// A learner as `learners.csv` shows it.
+#[derive(Debug, Clone)]
+pub struct LearnerRecord {
+    pub school_org_id: Option<i64>,
+    pub upn: String,
+    pub surname: String,
+    pub forename: String,
+    pub date_of_birth: Option<String>,
+    pub gender: Option<String>,
+    pub year_group: Option<String>,
+    /// Roster extras and referral facts (sen, fsm, contacts, in care, …) as JSON.
+    pub details: String,
+    pub school: Option<String>,
+    pub school_name: Option<String>,
+    pub school_email: Option<String>,
+}
+
+/// One version of a progress, appraisal, assessment or target entry, with its placement.
+#[derive(Debug, Clone)]
+pub struct EntryRecord {
+    pub kind: String,
+    pub school_org_id: Option<i64>,
+    pub provider_org_id: i64,
+    pub upn: String,
+    pub surname: String,
+    pub forename: String,
+    pub school: Option<String>,
+    pub provider: String,
+    pub course: String,
+    pub placement_start: String,
+    /// The columns as sent, as JSON.
+    pub fields: String,
+    pub version: i64,
+    pub current: bool,
+    pub created_at: String,
+}
+
+/// A miscellaneous note on a learner.
+#[derive(Debug, Clone)]
+pub struct NoteRecord {
+    pub school_org_id: Option<i64>,
+    pub upn: String,
+    pub surname: String,
+    pub forename: String,
+    pub author_org: String,
+    pub author: String,
+    pub subject: String,
+    pub note: String,
+    pub created_at: String,
 }
 
 /// One delivery of a transfer, for `transfers.csv`.
@@ -440,6 +492,13 @@ pub trait Database: Send + Sync {
     async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>>;
     /// Placements in scope (the same scopes as marks: all, a school's learners', a provider's).
     async fn placements(&self, scope: MarkScope) -> anyhow::Result<Vec<PlacementRecord>>;
+    /// Learners in scope: all, a school's, or those with a placement at a provider.
+    async fn learners(&self, scope: MarkScope) -> anyhow::Result<Vec<LearnerRecord>>;
+    /// Progress, appraisal, assessment and target entries of the placements in scope, every
+    /// version.
+    async fn training_entries(&self, scope: MarkScope) -> anyhow::Result<Vec<EntryRecord>>;
+    /// Notes on the learners in scope (as for [`Database::learners`]).
+    async fn learner_notes(&self, scope: MarkScope) -> anyhow::Result<Vec<NoteRecord>>;
     /// Deliveries sent or received by `org_id` (all for `None`).
     async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>>;
     /// Referrals of one school (all for `None`).

@@ -892,6 +892,15 @@ impl Database for SqlDb {
     async fn placements(&self, scope: MarkScope) -> anyhow::Result<Vec<PlacementRecord>> {
         super::sql_reports::placements(self, scope).await
     }
+    async fn learners(&self, scope: MarkScope) -> anyhow::Result<Vec<LearnerRecord>> {
+        super::sql_reports::learners(self, scope).await
+    }
+    async fn training_entries(&self, scope: MarkScope) -> anyhow::Result<Vec<EntryRecord>> {
+        super::sql_reports::training_entries(self, scope).await
+    }
+    async fn learner_notes(&self, scope: MarkScope) -> anyhow::Result<Vec<NoteRecord>> {
+        super::sql_reports::learner_notes(self, scope).await
+    }
     async fn transfers(&self, org_id: Option<i64>) -> anyhow::Result<Vec<TransferRecord>> {
         super::sql_reports::transfers(self, org_id).await
     }

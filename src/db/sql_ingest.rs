@@ -8,7 +8,9 @@ use super::sql::{Backend, ORG_COLUMNS, SqlDb, append_audit, org_from_row};
 use super::*;
 use crate::domain::attendance::Status;
 use crate::domain::placement::Span;
-use crate::domain::visibility::{LearnerLinks, PlacementLink, Viewer, may_see_learner, not_placed};
+use crate::domain::visibility::{
+    LearnerLinks, NOT_YOURS, PlacementLink, Viewer, may_see_learner, not_placed,
+};
 use crate::ingest::absences::AbsenceDecision;
 use crate::ingest::forms::{Referral, Withdrawal};
 use crate::ingest::placements::PlacementRow;
@@ -16,6 +18,7 @@ use crate::ingest::receipt::{ReceiptHeader, receipt_name, render};
 use crate::ingest::register::RegisterRow;
 use crate::ingest::roster::RosterRow;
 use crate::ingest::table::RowResult;
+use crate::ingest::training::{Entry, Note};
 use crate::mail::Notice;
 
 use super::sql_mail::insert_notice;
@@ -134,6 +137,10 @@ pub(super) async fn apply_ingest(
         Batch::Referral(rows) => apply_referrals(&mut tx, job, rows, &mut report).await?,
         Batch::Withdrawal(rows) => apply_withdrawals(&mut tx, job, rows, &mut report).await?,
         Batch::Placements(rows) => apply_placements(&mut tx, job, rows, &mut report).await?,
+        Batch::Training(rows) => {
+            apply_training(&mut tx, db.backend, job, rows, &mut report).await?
+        }
+        Batch::Notes(rows) => apply_notes(&mut tx, job, rows, &mut report).await?,
     }
     let header = ReceiptHeader {
         file_name: &job.file_name,
@@ -435,19 +442,36 @@ async fn stage_as_json(conn: &mut AnyConnection, staged: &[StagedMark<'_>]) -> a
     Ok(())
 }
 
-/// A learner of a register: id, home school, and its placements with the sending provider.
+/// A learner named in a provider's file: id, home school, and its placements with that
+/// provider.
 struct PlacedLearner {
     id: i64,
     school: Option<i64>,
-    /// (course, dates)
-    placements: Vec<(String, Span)>,
+    placements: Vec<PlacedOn>,
+}
+
+struct PlacedOn {
+    id: i64,
+    course: String,
+    span: Span,
 }
 
 impl PlacedLearner {
+    /// Whether a lesson on `course` on `day` belongs to one of the placements (SPEC §4.1).
     fn placed_on(&self, course: &str, day: chrono::NaiveDate) -> bool {
         self.placements
             .iter()
-            .any(|(c, span)| c == course && span.covers(day))
+            .any(|p| p.course == course && p.span.covers(day))
+    }
+
+    /// The placement open on `day` (on `course`, when given) that a training-record entry
+    /// belongs to: the latest to start.
+    fn open_on(&self, course: Option<&str>, day: chrono::NaiveDate) -> Option<&PlacedOn> {
+        self.placements
+            .iter()
+            .filter(|p| course.is_none_or(|c| p.course == c) && p.span.is_open(day))
+            .filter(|p| p.span.start <= day)
+            .max_by_key(|p| p.span.start)
     }
 }
 
@@ -456,21 +480,22 @@ fn stored_date(text: &str) -> anyhow::Result<chrono::NaiveDate> {
         .with_context(|| format!("stored date `{text}` is not YYYY-MM-DD"))
 }
 
-/// The learners a register names that have a placement with this provider (SPEC §4.1); a UPN
-/// without one is absent, whether the learner exists or not. Nothing is created from a register.
+/// The learners of `upns` that have a placement with this provider (SPEC §4.0), by UPN; a UPN
+/// without one is absent, whether the learner exists or not. Nothing is created from a
+/// provider's file.
 async fn placed_learners<'r>(
     conn: &mut AnyConnection,
     backend: Backend,
     provider_org_id: i64,
-    valid: &[(usize, &'r RegisterRow)],
+    upns: impl Iterator<Item = &'r str>,
 ) -> anyhow::Result<FastMap<&'r str, PlacedLearner>> {
-    let mut upns: Vec<&str> = valid.iter().map(|(_, r)| r.upn.as_str()).collect();
+    let mut upns: Vec<&str> = upns.collect();
     upns.sort_unstable();
     upns.dedup();
     let mut placed: FastMap<&str, PlacedLearner> = fast_map(upns.len());
     for chunk in upns.chunks(500) {
         let sql = format!(
-            "SELECT l.upn, l.id, l.school_org_id, p.course, p.start_date, p.end_date
+            "SELECT l.upn, l.id, p.id, l.school_org_id, p.course, p.start_date, p.end_date
              FROM learners l JOIN placements p ON p.learner_id = l.id
              WHERE p.provider_org_id = {} AND l.upn IN ({})",
             backend.placeholder(1),
@@ -479,13 +504,20 @@ async fn placed_learners<'r>(
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        let mut q =
-            sqlx::query_as::<_, (String, i64, Option<i64>, String, String, Option<String>)>(&sql)
-                .bind(provider_org_id);
+        type Placed = (
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            String,
+            String,
+            Option<String>,
+        );
+        let mut q = sqlx::query_as::<_, Placed>(&sql).bind(provider_org_id);
         for u in chunk {
             q = q.bind(*u);
         }
-        for (upn, id, school, course, start, end) in q.fetch_all(&mut *conn).await? {
+        for (upn, learner_id, id, school, course, start, end) in q.fetch_all(&mut *conn).await? {
             let Ok(i) = chunk.binary_search(&upn.as_str()) else {
                 continue;
             };
@@ -496,12 +528,12 @@ async fn placed_learners<'r>(
             placed
                 .entry(chunk[i])
                 .or_insert_with(|| PlacedLearner {
-                    id,
+                    id: learner_id,
                     school,
                     placements: Vec::new(),
                 })
                 .placements
-                .push((course, span));
+                .push(PlacedOn { id, course, span });
         }
     }
     Ok(placed)
@@ -524,7 +556,13 @@ async fn apply_register(
         return Ok(());
     }
     let now = now_text();
-    let learners = placed_learners(conn, backend, job.org.id, &parsed).await?;
+    let learners = placed_learners(
+        conn,
+        backend,
+        job.org.id,
+        parsed.iter().map(|(_, r)| r.upn.as_str()),
+    )
+    .await?;
     // A row about a learner without a placement on its course and day is rejected in the same
     // words whether the UPN is known or not (SPEC §1).
     let mut valid = Vec::with_capacity(parsed.len());
@@ -537,7 +575,7 @@ async fn apply_register(
         } else {
             report.reject(
                 row,
-                not_placed(&job.org.slug, &r.course, &r.date.to_string()),
+                not_placed(&job.org.slug, Some(r.course.as_str()), &r.date.to_string()),
             );
         }
     }
@@ -988,16 +1026,37 @@ async fn apply_referrals(
         // already known stays where it is (the referral is kept, and the hub is told).
         match learner_by_upn(conn, &r.upn).await? {
             None => {
+                let student = &r.form["student"];
+                let text = |key: &str| match &student[key] {
+                    serde_json::Value::Null => None,
+                    serde_json::Value::String(s) => Some(s.clone()),
+                    other => Some(other.to_string()),
+                };
+                let mut details = serde_json::Map::new();
+                for (key, column) in [
+                    ("sen_status", "sen"),
+                    ("ehcp", "ehcp"),
+                    ("fsm", "fsm"),
+                    ("pupil_premium", "pupil_premium"),
+                    ("in_care", "in_care"),
+                ] {
+                    if let Some(v) = text(key) {
+                        details.insert(column.into(), serde_json::Value::String(v));
+                    }
+                }
                 sqlx::query(
-                    "INSERT INTO learners (upn, surname, forename, date_of_birth, school_org_id,
-                        created_at, updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $6)",
+                    "INSERT INTO learners (upn, surname, forename, date_of_birth, gender, year_group,
+                        school_org_id, details, created_at, updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
                 )
                 .bind(&r.upn)
                 .bind(&r.surname)
                 .bind(&r.forename)
                 .bind(r.date_of_birth.to_string())
+                .bind(text("gender"))
+                .bind(text("year_group"))
                 .bind(job.org.id)
+                .bind(serde_json::Value::Object(details).to_string())
                 .bind(&now)
                 .execute(&mut *conn)
                 .await?;
@@ -1268,6 +1327,132 @@ async fn apply_placements(
                 ),
             );
         }
+        report.accepted += 1;
+    }
+    Ok(())
+}
+
+/// Progress, appraisals, assessments and targets from a provider (SPEC §4.6): each row belongs
+/// to the sender's placement of the learner open on the day the file arrived (on the row's
+/// course, where it names one); a later row with the same key is a new version.
+async fn apply_training(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    job: &IngestJob,
+    rows: &[RowResult<Entry>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let parsed = accepted(rows, report);
+    if parsed.is_empty() {
+        return Ok(());
+    }
+    let day = received(job);
+    let now = now_text();
+    let learners = placed_learners(
+        conn,
+        backend,
+        job.org.id,
+        parsed.iter().map(|(_, e)| e.upn.as_str()),
+    )
+    .await?;
+    for (row, e) in parsed {
+        let Some(placement) = learners
+            .get(e.upn.as_str())
+            .and_then(|l| l.open_on(e.course.as_deref(), day))
+        else {
+            report.reject(
+                row,
+                not_placed(&job.org.slug, e.course.as_deref(), &day.to_string()),
+            );
+            continue;
+        };
+        let prior: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT id, version FROM training_entries
+             WHERE placement_id = $1 AND kind = $2 AND entry_key = $3 AND current = 1",
+        )
+        .bind(placement.id)
+        .bind(e.kind.as_str())
+        .bind(&e.key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((id, _)) = prior {
+            sqlx::query("UPDATE training_entries SET current = 0 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            report.amended += 1;
+        }
+        sqlx::query(
+            "INSERT INTO training_entries (kind, placement_id, entry_key, fields, version, current,
+                upload_id, row_number, created_at)
+             VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8)",
+        )
+        .bind(e.kind.as_str())
+        .bind(placement.id)
+        .bind(&e.key)
+        .bind(e.fields.to_string())
+        .bind(prior.map_or(1, |(_, v)| v + 1))
+        .bind(job.upload_id)
+        .bind(row as i64)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
+        report.accepted += 1;
+    }
+    Ok(())
+}
+
+/// Notes on a learner (SPEC §4.6) from anyone who may see the learner: the hub, the home school,
+/// a provider with an open placement.
+async fn apply_notes(
+    conn: &mut AnyConnection,
+    job: &IngestJob,
+    rows: &[RowResult<Note>],
+    report: &mut ApplyReport,
+) -> anyhow::Result<()> {
+    let day = received(job);
+    let now = now_text();
+    let viewer = Viewer {
+        org_id: job.org.id,
+        kind: job.org.kind,
+        roles: None,
+    };
+    for (row, n) in accepted(rows, report) {
+        let links = learner_links(conn, &n.upn, day).await?;
+        let visible = links.as_ref().is_some_and(|(school, placements)| {
+            let plain: Vec<PlacementLink> = placements.iter().map(|(p, _)| *p).collect();
+            may_see_learner(
+                viewer,
+                LearnerLinks {
+                    home_school: *school,
+                    placements: &plain,
+                },
+            )
+        });
+        if !visible {
+            let why = if job.org.kind == OrgKind::Hub {
+                format!("learner {} is not known", n.upn)
+            } else {
+                NOT_YOURS.to_string()
+            };
+            report.reject(row, why);
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO learner_notes (learner_id, author_org_id, author, subject, note, upload_id,
+                row_number, created_at)
+             VALUES ((SELECT id FROM learners WHERE upn = $1), $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&n.upn)
+        .bind(job.org.id)
+        .bind(&job.sender_label)
+        .bind(&n.subject)
+        .bind(&n.note)
+        .bind(job.upload_id)
+        .bind(row as i64)
+        .bind(&now)
+        .execute(&mut *conn)
+        .await?;
         report.accepted += 1;
     }
     Ok(())

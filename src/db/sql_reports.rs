@@ -10,16 +10,12 @@ pub(super) async fn marks(
     scope: MarkScope,
     current_only: bool,
 ) -> anyhow::Result<Vec<MarkRecord>> {
-    let (school, provider) = match scope {
-        MarkScope::All => (None, None),
-        MarkScope::School(id) => (Some(id), None),
-        MarkScope::Provider(id) => (None, Some(id)),
-    };
+    let (school, provider) = scope_ids(scope);
     let rows = sqlx::query(
         "SELECT l.school_org_id, m.provider_org_id, l.upn, l.surname, l.forename, s.slug AS school,
                 p.slug AS provider, m.course, m.date,
                 m.start, m.end_time, m.status, m.contribution, m.dfe_code, m.note, m.version, m.current,
-                m.source
+                m.source, m.created_at
          FROM marks m JOIN learners l ON l.id = m.learner_id
          JOIN orgs p ON p.id = m.provider_org_id
          LEFT JOIN orgs s ON s.id = l.school_org_id
@@ -53,6 +49,7 @@ pub(super) async fn marks(
                 version: r.try_get("version")?,
                 current: r.try_get::<i64, _>("current")? != 0,
                 source: r.try_get("source")?,
+                created_at: r.try_get("created_at")?,
             })
         })
         .collect()
@@ -62,11 +59,7 @@ pub(super) async fn placements(
     db: &SqlDb,
     scope: MarkScope,
 ) -> anyhow::Result<Vec<PlacementRecord>> {
-    let (school, provider) = match scope {
-        MarkScope::All => (None, None),
-        MarkScope::School(id) => (Some(id), None),
-        MarkScope::Provider(id) => (None, Some(id)),
-    };
+    let (school, provider) = scope_ids(scope);
     let rows = sqlx::query(
         "SELECT l.school_org_id, p.provider_org_id, l.upn, l.surname, l.forename, s.slug AS school,
                 o.slug AS provider, p.course, p.start_date, p.end_date, p.cohort, p.qualification,
@@ -98,6 +91,125 @@ pub(super) async fn placements(
                 qualification: r.try_get("qualification")?,
                 partnership: r.try_get("partnership")?,
                 referral: r.try_get("referral")?,
+            })
+        })
+        .collect()
+}
+
+/// (school, provider) filters of a scope.
+fn scope_ids(scope: MarkScope) -> (Option<i64>, Option<i64>) {
+    match scope {
+        MarkScope::All => (None, None),
+        MarkScope::School(id) => (Some(id), None),
+        MarkScope::Provider(id) => (None, Some(id)),
+    }
+}
+
+pub(super) async fn learners(db: &SqlDb, scope: MarkScope) -> anyhow::Result<Vec<LearnerRecord>> {
+    let (school, provider) = scope_ids(scope);
+    let rows = sqlx::query(
+        "SELECT l.school_org_id, l.upn, l.surname, l.forename, l.date_of_birth, l.gender,
+                l.year_group, l.details, s.slug AS school, s.name AS school_name,
+                s.coordinator_email AS school_email
+         FROM learners l LEFT JOIN orgs s ON s.id = l.school_org_id
+         WHERE ($1 IS NULL OR l.school_org_id = $1)
+           AND ($2 IS NULL OR EXISTS (SELECT 1 FROM placements p
+                                      WHERE p.learner_id = l.id AND p.provider_org_id = $2))
+         ORDER BY l.upn",
+    )
+    .bind(school)
+    .bind(provider)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(LearnerRecord {
+                school_org_id: r.try_get("school_org_id")?,
+                upn: r.try_get("upn")?,
+                surname: r.try_get("surname")?,
+                forename: r.try_get("forename")?,
+                date_of_birth: r.try_get("date_of_birth")?,
+                gender: r.try_get("gender")?,
+                year_group: r.try_get("year_group")?,
+                details: r.try_get("details")?,
+                school: r.try_get("school")?,
+                school_name: r.try_get("school_name")?,
+                school_email: r.try_get("school_email")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn training_entries(
+    db: &SqlDb,
+    scope: MarkScope,
+) -> anyhow::Result<Vec<EntryRecord>> {
+    let (school, provider) = scope_ids(scope);
+    let rows = sqlx::query(
+        "SELECT e.kind, l.school_org_id, p.provider_org_id, l.upn, l.surname, l.forename,
+                s.slug AS school, o.slug AS provider, p.course, p.start_date, e.fields, e.version,
+                e.current, e.created_at
+         FROM training_entries e JOIN placements p ON p.id = e.placement_id
+         JOIN learners l ON l.id = p.learner_id
+         JOIN orgs o ON o.id = p.provider_org_id
+         LEFT JOIN orgs s ON s.id = l.school_org_id
+         WHERE ($1 IS NULL OR l.school_org_id = $1) AND ($2 IS NULL OR p.provider_org_id = $2)
+         ORDER BY l.upn, o.slug, p.course, e.kind, e.entry_key, e.version",
+    )
+    .bind(school)
+    .bind(provider)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EntryRecord {
+                kind: r.try_get("kind")?,
+                school_org_id: r.try_get("school_org_id")?,
+                provider_org_id: r.try_get("provider_org_id")?,
+                upn: r.try_get("upn")?,
+                surname: r.try_get("surname")?,
+                forename: r.try_get("forename")?,
+                school: r.try_get("school")?,
+                provider: r.try_get("provider")?,
+                course: r.try_get("course")?,
+                placement_start: r.try_get("start_date")?,
+                fields: r.try_get("fields")?,
+                version: r.try_get("version")?,
+                current: r.try_get::<i64, _>("current")? != 0,
+                created_at: r.try_get("created_at")?,
+            })
+        })
+        .collect()
+}
+
+pub(super) async fn learner_notes(db: &SqlDb, scope: MarkScope) -> anyhow::Result<Vec<NoteRecord>> {
+    let (school, provider) = scope_ids(scope);
+    let rows = sqlx::query(
+        "SELECT l.school_org_id, l.upn, l.surname, l.forename, a.slug AS author_org, n.author,
+                n.subject, n.note, n.created_at
+         FROM learner_notes n JOIN learners l ON l.id = n.learner_id
+         JOIN orgs a ON a.id = n.author_org_id
+         WHERE ($1 IS NULL OR l.school_org_id = $1)
+           AND ($2 IS NULL OR EXISTS (SELECT 1 FROM placements p
+                                      WHERE p.learner_id = l.id AND p.provider_org_id = $2))
+         ORDER BY l.upn, n.id",
+    )
+    .bind(school)
+    .bind(provider)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(NoteRecord {
+                school_org_id: r.try_get("school_org_id")?,
+                upn: r.try_get("upn")?,
+                surname: r.try_get("surname")?,
+                forename: r.try_get("forename")?,
+                author_org: r.try_get("author_org")?,
+                author: r.try_get("author")?,
+                subject: r.try_get("subject")?,
+                note: r.try_get("note")?,
+                created_at: r.try_get("created_at")?,
             })
         })
         .collect()

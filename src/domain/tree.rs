@@ -13,16 +13,24 @@ pub enum IngestKind {
     Withdrawal,
     Roster,
     Placements,
+    Progress,
+    Assessments,
+    Targets,
+    Notes,
 }
 
 impl IngestKind {
-    pub const ALL: [IngestKind; 6] = [
+    pub const ALL: [IngestKind; 10] = [
         IngestKind::Register,
         IngestKind::Absences,
         IngestKind::Referral,
         IngestKind::Withdrawal,
         IngestKind::Roster,
         IngestKind::Placements,
+        IngestKind::Progress,
+        IngestKind::Assessments,
+        IngestKind::Targets,
+        IngestKind::Notes,
     ];
 
     /// The folder at the root of the tree where this kind is dropped.
@@ -34,6 +42,10 @@ impl IngestKind {
             IngestKind::Withdrawal => "withdrawals",
             IngestKind::Roster => "roster",
             IngestKind::Placements => "placements",
+            IngestKind::Progress => "progress",
+            IngestKind::Assessments => "assessments",
+            IngestKind::Targets => "targets",
+            IngestKind::Notes => "notes",
         }
     }
 
@@ -45,6 +57,10 @@ impl IngestKind {
             IngestKind::Withdrawal => "withdrawal",
             IngestKind::Roster => "roster",
             IngestKind::Placements => "placements",
+            IngestKind::Progress => "progress",
+            IngestKind::Assessments => "assessments",
+            IngestKind::Targets => "targets",
+            IngestKind::Notes => "notes",
         }
     }
 
@@ -61,6 +77,10 @@ impl IngestKind {
             }
             IngestKind::Withdrawal => matches!(kind, OrgKind::School | OrgKind::Provider),
             IngestKind::Placements => kind == OrgKind::Hub,
+            IngestKind::Progress | IngestKind::Assessments | IngestKind::Targets => {
+                kind == OrgKind::Provider
+            }
+            IngestKind::Notes => true,
         }
     }
 }
@@ -368,7 +388,14 @@ mod tests {
         assert!(classify(OrgKind::Provider, &n("/placements/p.csv")).is_err());
         assert_eq!(
             root_folders(OrgKind::Hub),
-            vec!["inbox", "outbox", "placements", "receipts", "reports"]
+            vec![
+                "inbox",
+                "outbox",
+                "placements",
+                "notes",
+                "receipts",
+                "reports"
+            ]
         );
     }
 }

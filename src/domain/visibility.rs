@@ -74,11 +74,20 @@ pub fn holds_role(v: Viewer<'_>, role: Role) -> bool {
     }
 }
 
-/// The words for a row about a learner the sender may not write about, the same whether the
-/// UPN exists or not.
-pub fn not_placed(provider_slug: &str, course: &str, date: &str) -> String {
-    format!("no placement of this learner with {provider_slug} on this course ({course}) on {date}")
+/// The words for a provider's row about a learner without a placement on `course` (any course
+/// when `None`) on `date`: the same whether the UPN exists or not.
+pub fn not_placed(provider_slug: &str, course: Option<&str>, date: &str) -> String {
+    match course {
+        Some(course) => format!(
+            "no placement of this learner with {provider_slug} on this course ({course}) on {date}"
+        ),
+        None => format!("no placement of this learner with {provider_slug} on {date}"),
+    }
 }
+
+/// The words for a school's or provider's row about a learner it may not see: the same whether
+/// the UPN exists or not.
+pub const NOT_YOURS: &str = "this UPN is not a learner of your school or one placed with you";
 
 #[cfg(test)]
 mod tests {

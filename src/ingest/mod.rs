@@ -10,6 +10,7 @@ pub mod receipt;
 pub mod register;
 pub mod roster;
 pub mod table;
+pub mod training;
 pub mod watcher;
 
 use std::io::Read;
@@ -38,6 +39,9 @@ pub enum Batch {
     Referral(Vec<RowResult<forms::Referral>>),
     Withdrawal(Vec<RowResult<forms::Withdrawal>>),
     Placements(Vec<RowResult<placements::PlacementRow>>),
+    /// Progress, appraisals, assessments or targets.
+    Training(Vec<RowResult<training::Entry>>),
+    Notes(Vec<RowResult<training::Note>>),
     /// Nothing to apply: the file is unreadable as a whole.
     Unreadable(String),
     /// Nothing to apply: the same bytes were applied before (`name at time`).
@@ -72,6 +76,10 @@ pub fn parse_file(
             IngestKind::Absences => Batch::Absences(absences::parse(text)?),
             IngestKind::Roster => Batch::Roster(roster::parse(text)?),
             IngestKind::Placements => Batch::Placements(placements::parse(text)?),
+            IngestKind::Progress => Batch::Training(training::parse_progress(text)?),
+            IngestKind::Assessments => Batch::Training(training::parse_assessments(text)?),
+            IngestKind::Targets => Batch::Training(training::parse_targets(text)?),
+            IngestKind::Notes => Batch::Notes(training::parse_notes(text)?),
             IngestKind::Referral if looks_like_csv(name, text) => {
                 Batch::Referral(forms::parse_referral_csv(text, received)?)
             }

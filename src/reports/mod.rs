@@ -13,8 +13,16 @@ use crate::domain::org::OrgKind;
 use crate::domain::placement::Span;
 use crate::domain::visibility::{Viewer, may_see_placement_record, may_see_transfer};
 
-const ALL: [&str; 8] = [
+mod learner;
+
+const ALL: [&str; 14] = [
     "training-records.csv",
+    "learners.csv",
+    "progress.csv",
+    "appraisals.csv",
+    "assessments.csv",
+    "targets.csv",
+    "notes.csv",
     "unprocessed-absences.csv",
     "registers.csv",
     "transfers.csv",
@@ -163,6 +171,30 @@ pub async fn generate(
     let v = viewer;
     let text = match name {
         "training-records.csv" => training_records(db, v, today).await?,
+        "learners.csv" => learner::learners(db, v, today).await?,
+        "notes.csv" => learner::notes(db, v, today).await?,
+        "progress.csv" => {
+            let fields = ["unit", "status", "predicted_grade", "comment", "date"];
+            learner::entries(db, v, "progress", &fields, true).await?
+        }
+        "appraisals.csv" => {
+            let fields = ["date", "aptitude", "effort", "comment"];
+            learner::entries(db, v, "appraisal", &fields, true).await?
+        }
+        "assessments.csv" => {
+            let fields = ["description", "date", "level", "comments"];
+            learner::entries(db, v, "assessment", &fields, false).await?
+        }
+        "targets.csv" => {
+            let fields = [
+                "description",
+                "set_date",
+                "target_date",
+                "achieved",
+                "reviewed_date",
+            ];
+            learner::entries(db, v, "target", &fields, false).await?
+        }
         "placements.csv" => sheet(
             &[
                 "upn",
@@ -384,7 +416,7 @@ pub async fn generate(
 
 /// The columns of `training-records.csv`, the file schools mail-merge: stable names, one row
 /// per placement (README lists them).
-pub const TRAINING_RECORD_COLUMNS: [&str; 36] = [
+pub const TRAINING_RECORD_COLUMNS: [&str; 45] = [
     "learner",
     "upn",
     "school",
@@ -421,6 +453,15 @@ pub const TRAINING_RECORD_COLUMNS: [&str; 36] = [
     "contribution_minus2_pct",
     "contribution_balance",
     "first_mark",
+    "units_total",
+    "units_not_started",
+    "units_behind",
+    "units_on_track",
+    "units_under_assessment",
+    "units_completed",
+    "latest_appraisal_date",
+    "latest_aptitude",
+    "latest_effort",
 ];
 
 /// One row per placement with its status and the attendance figures of its marks. A mark
@@ -432,6 +473,7 @@ async fn training_records(
     today: NaiveDate,
 ) -> anyhow::Result<String> {
     let placements = visible_placements(db, v).await?;
+    let units = learner::unit_summaries(&learner::visible_entries(db, v).await?);
     let mut counts: Vec<(MarkCounts, Option<String>)> =
         vec![(MarkCounts::default(), None); placements.len()];
     // (upn, provider, course) → the placements' indexes, in start order.
@@ -500,6 +542,17 @@ async fn training_records(
         row.extend(c.contributions.iter().map(|&n| figure(percent(n, a))));
         row.push(figure(signed(c.balance())));
         row.push(opt(first));
+        let key = (
+            p.upn.clone(),
+            p.provider.clone(),
+            p.course.clone(),
+            p.start_date.clone(),
+        );
+        let u = units.get(&key).cloned().unwrap_or_default();
+        row.push(figure(u.total()));
+        row.extend(u.by_status.iter().map(figure));
+        let (date, aptitude, effort) = u.latest_appraisal.unwrap_or_default();
+        row.extend([text(date), text(aptitude), Cell::Figure(effort)]);
         row
     });
     sheet(&TRAINING_RECORD_COLUMNS, rows)
