@@ -310,7 +310,7 @@ crate::on_both_backends! {
             "{mv}"
         );
         assert!(mv.contains(",75.0,50.0,25.0,0.0,25.0,0.0,"), "{mv}");
-        assert!(mv.ends_with(",+3,2026-10-05"), "{mv}");
+        assert!(mv.ends_with(",+3,2026-10-05,0,0,0,0,0,0,,,"), "{mv}");
         // The school sees its learner's two placements; the learner without a school is the
         // hub's and its provider's only.
         let school = read(&g, "school-a-user", "/reports/training-records.csv");
