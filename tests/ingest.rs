@@ -457,6 +457,26 @@ crate::on_both_backends! {
         assert!(old.contains("more than three calendar months"), "{old}");
         let csv = read(&g, "cap-user", "/reports/referrals.csv");
         assert!(csv.contains("fishing"), "unknown fields are kept: {csv}");
+        // Three referrals in one CSV make one notice with the count, so one message.
+        let today = chrono::Utc::now().date_naive();
+        let mut many = String::from(
+            "tier,student.upn,student.forename,student.surname,student.date_of_birth,school.name,\
+             parent_carer.name,parent_carer.phone,safeguarding.concerns,attendance.percentage,\
+             behaviour.summary,academic.attainment,provision.requested_courses,risk_assessment.date_completed\n",
+        );
+        for n in 33..36 {
+            many.push_str(&format!(
+                "2,{},Sam,Taylor,14/03/2011,School A,Pat,0770,None,82.5,OK,G4,MV L1,{today}\n",
+                upn(n)
+            ));
+        }
+        assert!(put(&g, "school-a-user", "many.csv", &many, "/referrals").ok);
+        let events = g.sql(
+            "SELECT e.payload FROM events e JOIN uploads u ON u.id = e.upload_id \
+             WHERE u.name = 'many.csv' AND e.kind = 'referral_received'",
+        );
+        assert_eq!(events.lines().count(), 1, "{events}");
+        assert!(events.contains("\"count\":3"), "{events}");
 
         // A withdrawal needs an open placement of the learner with that provider on that course.
         g.place("prov-a", "MV", &[&upn(31)]);
