@@ -13,6 +13,11 @@
    (both timestamps are written by the gateway). Prints p50/p99 (target p99 < 1 s).
 
     python3 bench/ingest.py [--rows 1000000] [--runs 3] [--files 100] [--postgres URL]
+                            [--baseline OLD_APGATE_BINARY]
+
+With --baseline (an apgate binary built from an earlier commit), each run also ingests the same
+CSV with that binary into its own fresh gateway (without placements, which releases before them
+did not have), so that a change is measured against the code before it in the same run.
 
 With --postgres (a URL of a server where the benchmark may create and drop databases), the
 ingest is also measured with `database.url` on PostgreSQL, beside PostgreSQL's own `COPY` of the
@@ -164,6 +169,7 @@ def main():
     ap.add_argument("--files", type=int, default=100)
     ap.add_argument("--runs", type=int, default=3, help="runs of the 1,000,000-row comparison (medians)")
     ap.add_argument("--postgres", metavar="URL", help="also measure on this PostgreSQL server")
+    ap.add_argument("--baseline", metavar="BINARY", help="an earlier apgate binary to run beside this one")
     args = ap.parse_args()
     subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
     binary = os.path.join(REPO, "target", "release", "apgate")
@@ -176,8 +182,14 @@ def main():
         # The ceiling: sqlite3 .import into a bare table of a fresh file database; each run
         # against a fresh database and a fresh gateway, the two side by side.
         print(f"register CSV: {args.rows} rows, {size_mb:.0f} MB; {args.runs} runs")
-        sqlite_runs, apgate_runs = [], []
+        sqlite_runs, apgate_runs, baseline_runs = [], [], []
         for run in range(args.runs):
+            if args.baseline:
+                d, config, _, _ = gateway(work, args.baseline, f"baseline-{run}")
+                baseline_s, baseline_accepted = ingest(args.baseline, config, csv_path)
+                baseline_runs.append(baseline_s)
+                print(f"  run {run + 1}: baseline ingest {baseline_s:5.2f} s   [{baseline_accepted}]")
+                shutil.rmtree(d, ignore_errors=True)
             db = os.path.join(work, f"bare-{run}.db")
             t = time.monotonic()
             subprocess.run(["sqlite3", db], input=f".mode csv\n.import {csv_path} marks\n", text=True, check=True)
@@ -194,6 +206,10 @@ def main():
         print(f"sqlite3 .import (bare table), median:      {sqlite_s:7.2f} s  {args.rows / sqlite_s:10.0f} rows/s")
         print(f"apgate ingest (validated, applied), median: {apgate_s:7.2f} s  {args.rows / apgate_s:10.0f} rows/s  "
               f"ratio {sqlite_s / apgate_s:.2f}")
+        if baseline_runs:
+            b = statistics.median(baseline_runs)
+            print(f"baseline ingest, median:                    {b:7.2f} s  {args.rows / b:10.0f} rows/s  "
+                  f"ratio {sqlite_s / b:.2f}")
         if args.postgres:
             postgres_run(args.postgres, work, binary, csv_path, args.rows)
 

@@ -456,8 +456,9 @@ impl Config {
                 problem(
                     &format!("drop_dirs[{i}].kind"),
                     format!(
-                        "`{}` is not one of register, absences, referral, withdrawal, roster",
-                        d.kind
+                        "`{}` is not one of {}",
+                        d.kind,
+                        IngestKind::ALL.map(IngestKind::as_str).join(", ")
                     ),
                 );
             }

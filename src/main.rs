@@ -64,7 +64,8 @@ enum Command {
         file: PathBuf,
         #[arg(long)]
         org: String,
-        /// register, absences, referral, withdrawal, roster or placements.
+        /// register, absences, referral, withdrawal, roster, placements, progress, assessments,
+        /// targets or notes.
         #[arg(long)]
         kind: String,
     },
@@ -254,9 +255,8 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         }
         Command::Ingest { file, org, kind } => {
             let kind = IngestKind::parse(&kind).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--kind `{kind}` is not one of register, absences, referral, withdrawal, roster, placements"
-                )
+                let kinds: Vec<&str> = IngestKind::ALL.iter().map(|k| k.as_str()).collect();
+                anyhow::anyhow!("--kind `{kind}` is not one of {}", kinds.join(", "))
             })?;
             let (gw, _keys) = serve::open_gateway(config).await?;
             let done = apgate::ingest::local::ingest_file(&gw, &org, kind, &file, "cli").await?;
