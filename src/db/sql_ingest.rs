@@ -561,6 +561,7 @@ async fn apply_register(
         return Ok(());
     }
     let now = now_text();
+    let started = std::time::Instant::now();
     let learners = placed_learners(
         conn,
         backend,
@@ -568,6 +569,7 @@ async fn apply_register(
         parsed.iter().map(|(_, r)| r.upn.as_str()),
     )
     .await?;
+    let read_placements = started.elapsed();
     // A row about a learner without a placement on its course and day is rejected in the same
     // words whether the UPN is known or not (SPEC §1).
     let mut days: FastMap<chrono::NaiveDate, String> = fast_map(366);
@@ -594,7 +596,9 @@ async fn apply_register(
     if staged.is_empty() {
         return Ok(());
     }
+    let checked = started.elapsed();
     let repeated = sort_and_rank(&mut staged);
+    let sorted = started.elapsed();
     let learner_ids: Vec<i64> = {
         let mut ids: Vec<i64> = learners.values().map(|l| l.id).collect();
         ids.sort_unstable();
@@ -620,6 +624,13 @@ async fn apply_register(
     } else {
         apply_staged(conn, backend, job, &staged, overlapping, &now, report).await?;
     }
+    tracing::debug!(
+        placements_ms = read_placements.as_millis() as u64,
+        check_ms = (checked - read_placements).as_millis() as u64,
+        sort_ms = (sorted - checked).as_millis() as u64,
+        insert_ms = (started.elapsed() - sorted).as_millis() as u64,
+        "register apply timings"
+    );
     report.accepted += staged.len();
     // Unexplained absences per home school, for the schools' notices.
     let mut per_school: std::collections::BTreeMap<i64, i64> = std::collections::BTreeMap::new();
