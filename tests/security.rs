@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Gateway, password_login, wait_until};
+use common::{Gateway, password_login, password_login_with, wait_until};
 
 #[test]
 fn no_path_leaves_the_tree_or_reaches_another_organisation() {
@@ -137,20 +137,49 @@ fn password_and_key_authentication() {
 }
 
 #[test]
-fn repeated_failures_ban_the_address_and_the_user() {
+fn repeated_failures_ban_the_address_and_the_users_password() {
     let g = Gateway::start_with(
         "limits: { connections_per_second: 200, ban_after_failures: 3, ban_seconds: 60 }",
     );
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
+    let key = g.key_path("pw-user");
+    assert!(
+        std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    g.cli_ok(&[
+        "user",
+        "key-add",
+        "pw-user",
+        &format!("{}.pub", key.display()),
+    ]);
     for _ in 0..3 {
-        let (ok, _, _) = password_login(&g, "school-a-user", "not the password");
+        let (ok, _, _) = password_login(&g, "pw-user", "not the password");
         assert!(!ok);
     }
-    // Now even the right key is refused, for this user and from this address.
-    let r = g.sftp("school-a-user", "ls /\n");
-    assert!(!r.ok, "banned user logged in: {}", r.all());
+    // The address is banned: even the right key is refused from it, for any user.
     let r = g.sftp("school-b-user", "ls /\n");
     assert!(!r.ok, "banned address logged in: {}", r.all());
     assert!(g.log().contains("banned"), "{}", g.log());
+    // From another address the user's password stays banned (the user ban) but its key works:
+    // nobody can lock a user's key out by failing on purpose.
+    let elsewhere = ["-o", "BindAddress=127.0.0.2"];
+    let (ok, text, _) =
+        password_login_with(&g, "pw-user", "correct horse battery staple", &elsewhere);
+    assert!(!ok, "the user's password is banned: {text}");
+    let r = g.sftp_with("pw-user", "ls /\n", &elsewhere);
+    assert!(r.ok, "the user's key is not banned: {}", r.all());
+    assert!(
+        g.log().contains(
+            "authentication failure for pw-user from 127.0.0.2 (password): temporarily banned"
+        ),
+        "{}",
+        g.log()
+    );
 }
 
 #[test]

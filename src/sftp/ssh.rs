@@ -271,10 +271,13 @@ impl Connection {
             }
         };
         let limits = self.gw.config().limits.clone();
+        // An address ban stops every method; a user ban only passwords, so that nobody can
+        // lock a user's key out by failing on purpose (SPEC §8).
+        let user_ban = matches!(cred, Credential::Password(_)).then(|| sanitize(username));
         let banned = self
             .gw
             .db
-            .auth_banned(&ip.to_string(), Some(&sanitize(username)))
+            .auth_banned(&ip.to_string(), user_ban.as_deref())
             .await?;
         let outcome = match &user {
             _ if banned => Err("temporarily banned after repeated failures"),

@@ -778,6 +778,16 @@ pub fn askpass(g: &Gateway, password: &str) -> std::path::PathBuf {
 
 /// Logs in with a password through OpenSSH's askpass; returns (success, output, seconds).
 pub fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String, f64) {
+    password_login_with(g, user, password, &[])
+}
+
+/// As [`password_login`], with more `sftp` arguments (`-o BindAddress=127.0.0.2`, say).
+pub fn password_login_with(
+    g: &Gateway,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> (bool, String, f64) {
     let batch = g.path("pw-batch");
     std::fs::write(&batch, "ls /\n").unwrap();
     let start = Instant::now();
@@ -796,6 +806,7 @@ pub fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String,
             "-o",
             "LogLevel=ERROR",
         ])
+        .args(extra)
         .arg("-o")
         .arg(format!(
             "UserKnownHostsFile={}",
