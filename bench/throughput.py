@@ -102,7 +102,8 @@ class Apgate:
             f.write(
                 f"listen: 127.0.0.1:{self.port}\ndata_dir: ./data\nkeys_dir: ./keys\n"
                 "limits: { max_file_size: 8GiB, quota_per_org: 1TiB, sessions_per_user: 512,\n"
-                "          connections_per_second: 2000, handles_per_session: 64 }\n"
+                "          connections_per_second: 2000, handles_per_session: 64,\n"
+                "          max_startups: 2000, max_startups_per_address: 2000 }\n"
                 "log: { level: warn }\n"
             )
         self.cli("init")

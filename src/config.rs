@@ -171,6 +171,12 @@ pub struct Limits {
     pub connections_per_second: u32,
     /// Open file and folder handles per SFTP session.
     pub handles_per_session: u32,
+    /// Connections not yet authenticated, in all; beyond it a new one is closed at once.
+    pub max_startups: u32,
+    /// Connections not yet authenticated from one address.
+    pub max_startups_per_address: u32,
+    /// Seconds a connection has to authenticate before it is closed.
+    pub login_grace_s: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -255,6 +261,9 @@ impl Default for Limits {
             ban_seconds: 900,
             connections_per_second: 10,
             handles_per_session: 64,
+            max_startups: 100,
+            max_startups_per_address: 20,
+            login_grace_s: 60,
         }
     }
 }
@@ -416,6 +425,12 @@ impl Config {
                 "limits.handles_per_session",
                 u64::from(l.handles_per_session),
             ),
+            ("limits.max_startups", u64::from(l.max_startups)),
+            (
+                "limits.max_startups_per_address",
+                u64::from(l.max_startups_per_address),
+            ),
+            ("limits.login_grace_s", l.login_grace_s),
         ] {
             if v == 0 {
                 problem(key, "must be greater than 0".into());

@@ -17,6 +17,7 @@ pub const BYTES_SENT: &str = "apgate_bytes_sent_total";
 pub const TRANSFERS_COMMITTED: &str = "apgate_transfers_committed_total";
 pub const TRANSFERS_DENIED: &str = "apgate_transfers_denied_total";
 pub const LOGIN_FAILURES: &str = "apgate_login_failures_total";
+pub const CONNECTIONS_REFUSED: &str = "apgate_connections_refused_total";
 pub const BANS: &str = "apgate_bans";
 pub const INGEST_JOBS: &str = "apgate_ingest_jobs";
 pub const MAIL_MESSAGES: &str = "apgate_mail_messages";
@@ -47,6 +48,10 @@ fn describe() {
     describe_counter!(TRANSFERS_COMMITTED, "Transfers committed (by source).");
     describe_counter!(TRANSFERS_DENIED, "Transfers refused by the routing rule.");
     describe_counter!(LOGIN_FAILURES, "Failed authentication requests.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once (too fast, too many authenticating) or after the login grace time."
+    );
     describe_gauge!(BANS, "Temporary bans in force (by kind: address, user).");
     describe_gauge!(INGEST_JOBS, "Ingest jobs by state.");
     describe_gauge!(

@@ -27,6 +27,54 @@ struct State {
     buckets: HashMap<IpAddr, Bucket>,
     sessions: HashMap<u64, LiveSession>,
     next_session: u64,
+    /// Connections not yet authenticated, per address, and in all.
+    startups: HashMap<IpAddr, u32>,
+    startups_total: u32,
+    /// When a refusal or time-out from an address was last logged.
+    logged: HashMap<IpAddr, Instant>,
+}
+
+/// Why a new connection is closed at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// More than `limits.connections_per_second` from the address.
+    TooFast,
+    /// `limits.max_startups` connections are still authenticating.
+    TooManyStartups,
+    /// `limits.max_startups_per_address` connections from this address are.
+    TooManyFromAddress,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::TooFast => "arriving faster than limits.connections_per_second",
+            Refusal::TooManyStartups => "limits.max_startups connections are authenticating",
+            Refusal::TooManyFromAddress => {
+                "limits.max_startups_per_address connections from this address are authenticating"
+            }
+        })
+    }
+}
+
+/// A connection that has not authenticated yet: it holds a place among the startups until it
+/// authenticates or ends.
+pub struct Startup {
+    guard: Arc<Guard>,
+    ip: IpAddr,
+}
+
+impl Drop for Startup {
+    fn drop(&mut self) {
+        let mut s = self.guard.lock();
+        s.startups_total = s.startups_total.saturating_sub(1);
+        if let Some(n) = s.startups.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                s.startups.remove(&self.ip);
+            }
+        }
+    }
 }
 
 pub struct Guard {
@@ -95,8 +143,50 @@ impl Guard {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Admits a new TCP connection from `ip` as a startup, or says why it is refused: arriving
+    /// too fast, or too many connections still authenticating (in all, or from the address).
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Startup, Refusal> {
+        if !self.admit_connection(ip) {
+            return Err(Refusal::TooFast);
+        }
+        let limits = self.limits();
+        let mut s = self.lock();
+        if s.startups_total >= limits.max_startups {
+            return Err(Refusal::TooManyStartups);
+        }
+        let from_ip = s.startups.entry(ip).or_insert(0);
+        if *from_ip >= limits.max_startups_per_address {
+            return Err(Refusal::TooManyFromAddress);
+        }
+        *from_ip += 1;
+        s.startups_total += 1;
+        Ok(Startup {
+            guard: self.clone(),
+            ip,
+        })
+    }
+
+    /// Whether something about `ip` may be logged now: at most once a minute per address, so
+    /// that a flood cannot flood the log too.
+    pub fn may_log(&self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        let mut s = self.lock();
+        match s.logged.get(&ip) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(60) => false,
+            _ => {
+                s.logged.insert(ip, now);
+                true
+            }
+        }
+    }
+
+    /// Connections not yet authenticated (for tests and metrics).
+    pub fn startups(&self) -> u32 {
+        self.lock().startups_total
+    }
+
     /// Admits a new TCP connection from `ip`, or refuses it (arriving too fast).
-    pub fn admit_connection(&self, ip: IpAddr) -> bool {
+    fn admit_connection(&self, ip: IpAddr) -> bool {
         let now = Instant::now();
         let mut s = self.lock();
         let rate = f64::from(self.limits().connections_per_second);
@@ -148,12 +238,14 @@ impl Guard {
             .collect()
     }
 
-    /// Forgets idle buckets (bounds memory under attack).
+    /// Forgets idle buckets and old log times (bounds memory under attack).
     pub fn prune(&self) {
         let now = Instant::now();
-        self.lock()
-            .buckets
+        let mut s = self.lock();
+        s.buckets
             .retain(|_, b| now.duration_since(b.at) < Duration::from_secs(10));
+        s.logged
+            .retain(|_, at| now.duration_since(*at) < Duration::from_secs(60));
     }
 }
 
@@ -170,5 +262,29 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let admitted = (0..10).filter(|_| g.admit_connection(ip)).count();
         assert_eq!(admitted, 4, "burst of twice the per-second rate");
+    }
+
+    #[test]
+    fn startups_are_bounded_in_all_and_per_address_until_they_end() {
+        let g = Guard::new(Limits {
+            connections_per_second: 1000,
+            max_startups: 3,
+            max_startups_per_address: 2,
+            ..Limits::default()
+        });
+        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
+            "127.0.0.1".parse().unwrap(),
+            "127.0.0.2".parse().unwrap(),
+            "127.0.0.3".parse().unwrap(),
+        );
+        let a1 = g.admit(a).unwrap();
+        let _a2 = g.admit(a).unwrap();
+        assert_eq!(g.admit(a).err(), Some(Refusal::TooManyFromAddress));
+        let _b1 = g.admit(b).unwrap();
+        assert_eq!(g.admit(c).err(), Some(Refusal::TooManyStartups));
+        assert_eq!(g.startups(), 3);
+        drop(a1); // authenticated, or gone
+        assert!(g.admit(c).is_ok());
+        assert!(g.may_log(a) && !g.may_log(a) && g.may_log(b));
     }
 }

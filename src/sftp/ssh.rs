@@ -17,7 +17,8 @@ use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet, Preferred};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use super::guard::SessionTicket;
+use super::cutoff::{CutStream, Cutoff};
+use super::guard::{SessionTicket, Startup};
 use super::protocol::{self as p, StatusCode};
 use super::session::SftpSession;
 use crate::audit::AuditEntry;
@@ -64,7 +65,10 @@ pub fn russh_config(gw: &Gateway, keys: &Keys) -> russh::server::Config {
         keys: vec![keys.host_key.clone()],
         window_size: 2 * 1024 * 1024,
         maximum_packet_size: 65_535,
-        max_auth_attempts: (limits.auth_attempts as usize) * 4 + 4,
+        // Our own count (`Connection::attempts_used`) ends the connection at exactly
+        // `limits.auth_attempts` failures; russh's is only a backstop above it (it also counts
+        // the `none` request and the accepted probe before each signed request).
+        max_auth_attempts: 2 * limits.auth_attempts as usize + 4,
         inactivity_timeout: Some(Duration::from_secs(limits.idle_timeout_s)),
         keepalive_interval: Some(Duration::from_secs(limits.idle_timeout_s.clamp(5, 60))),
         keepalive_max: 3,
@@ -120,11 +124,17 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if !gw.guard.admit_connection(peer.ip()) {
-            tracing::debug!(address = %peer.ip(), "connection refused: too frequent");
-            drop(socket);
-            continue;
-        }
+        let startup = match gw.guard.admit(peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                if gw.guard.may_log(peer.ip()) {
+                    tracing::warn!(address = %peer.ip(), "connection closed at once: {why}");
+                }
+                metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                drop(socket);
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
         let gw = gw.clone();
         // The configuration in force when the connection arrives (reloads apply to new ones).
@@ -145,17 +155,44 @@ pub async fn accept_loop(
                     return;
                 }
             }
-            let handler = Connection::new(gw, peer);
+            let grace = Duration::from_secs(gw.config().limits.login_grace_s);
+            let authenticated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let handler = Connection::new(gw.clone(), peer, startup, authenticated.clone());
             // russh reads each packet with two exact reads; a buffer in front of the socket
             // turns the tens of thousands of small reads per uploaded GiB into a few thousand.
             let socket = tokio::io::BufReader::with_capacity(SOCKET_READ_BUFFER, socket);
-            match russh::server::run_stream(config, socket, handler).await {
-                Ok(session) => {
-                    if let Err(e) = session.await {
-                        log_session_end(peer, &e);
-                    }
+            let cutoff = Arc::new(Cutoff::default());
+            let socket = CutStream::new(socket, cutoff.clone());
+            let connection = async move {
+                match russh::server::run_stream(config, socket, handler).await {
+                    Ok(session) => session.await,
+                    Err(e) => Err(e),
                 }
-                Err(e) => log_session_end(peer, &e),
+            };
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                ended = &mut connection => ended,
+                _ = tokio::time::sleep(grace) => {
+                    if !authenticated.load(std::sync::atomic::Ordering::Acquire) {
+                        // Wherever the peer stalled (its version line, the key exchange,
+                        // authentication), the cut socket ends the connection's task.
+                        cutoff.cut();
+                        if gw.guard.may_log(peer.ip()) {
+                            tracing::warn!(
+                                address = %peer.ip(),
+                                "connection closed: not authenticated within limits.login_grace_s ({}s)",
+                                grace.as_secs()
+                            );
+                        }
+                        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                        let _ = tokio::time::timeout(Duration::from_secs(5), connection).await;
+                        return;
+                    }
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
+                log_session_end(peer, &e);
             }
         });
     }
@@ -191,6 +228,10 @@ fn log_session_end(peer: SocketAddr, e: &anyhow::Error) {
 pub struct Connection {
     gw: Arc<Gateway>,
     peer: SocketAddr,
+    /// The place among the connections still authenticating, given up at authentication.
+    startup: Option<Startup>,
+    /// Set at authentication: the login grace timer then lets the connection be.
+    authenticated: Arc<std::sync::atomic::AtomicBool>,
     failures: u32,
     principal: Option<Principal>,
     ticket: Option<SessionTicket>,
@@ -227,10 +268,17 @@ fn password_matches(hash: Option<&str>, password: &str) -> bool {
 }
 
 impl Connection {
-    fn new(gw: Arc<Gateway>, peer: SocketAddr) -> Self {
+    fn new(
+        gw: Arc<Gateway>,
+        peer: SocketAddr,
+        startup: Startup,
+        authenticated: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
         Connection {
             gw,
             peer,
+            startup: Some(startup),
+            authenticated,
             failures: 0,
             principal: None,
             ticket: None,
@@ -240,8 +288,24 @@ impl Connection {
     }
 
     fn methods_left(&self) -> Option<MethodSet> {
-        (self.failures < self.gw.config().limits.auth_attempts)
+        (!self.attempts_used())
             .then(|| MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]))
+    }
+
+    /// Whether `limits.auth_attempts` requests have failed on this connection: any further one
+    /// ends it (russh itself keeps taking methods that left the advertised list).
+    fn attempts_used(&self) -> bool {
+        self.failures >= self.gw.config().limits.auth_attempts
+    }
+
+    fn refuse_more(&self) -> anyhow::Error {
+        if self.gw.guard.may_log(self.peer.ip()) {
+            tracing::warn!(
+                address = %self.peer.ip(),
+                "connection closed: limits.auth_attempts failed authentication requests"
+            );
+        }
+        anyhow::anyhow!("too many failed authentication requests")
     }
 
     fn reject(&self) -> Auth {
@@ -253,6 +317,9 @@ impl Connection {
 
     /// The single authentication decision: every method ends here, with the same checks.
     async fn decide(&mut self, username: &str, cred: Credential<'_>) -> anyhow::Result<Auth> {
+        if self.attempts_used() {
+            return Err(self.refuse_more());
+        }
         let ip = self.peer.ip();
         let method = match cred {
             Credential::Key(_) | Credential::WeakSignature => "publickey",
@@ -321,6 +388,9 @@ impl Connection {
                 tracing::info!(user = %u.username, org = %u.org.slug, address = %ip, method, "login");
                 self.principal = Some(principal);
                 self.ticket = Some(ticket);
+                self.authenticated
+                    .store(true, std::sync::atomic::Ordering::Release);
+                self.startup = None;
                 Ok(Auth::Accept)
             }
             Err(reason) => {
@@ -395,6 +465,11 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        // Clients ask once to learn the methods; it is not an attempt, but it is no way past
+        // the limit either.
+        if self.attempts_used() {
+            return Err(self.refuse_more());
+        }
         Ok(self.reject())
     }
 
@@ -403,22 +478,29 @@ impl russh::server::Handler for Connection {
         user: &str,
         offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Only a probe: nothing is decided or remembered here; the signed request is checked
-        // again in full by `decide`.
+        // Only a probe: nothing is decided here; the signed request is checked again in full
+        // by `decide`. A refused probe counts against `limits.auth_attempts` (not towards a
+        // ban: a user whose agent holds several keys offers them all).
+        if self.attempts_used() {
+            return Err(self.refuse_more());
+        }
         let known = self
             .gw
             .db
             .login_user(user)
             .await?
             .is_some_and(|u| key_matches(&u, offer.public_key));
-        Ok(if known {
-            Auth::Accept
-        } else {
-            Auth::Reject {
-                proceed_with_methods: self.methods_left(),
-                partial_success: false,
-            }
-        })
+        if known {
+            return Ok(Auth::Accept);
+        }
+        self.failures += 1;
+        tracing::info!(
+            "refused key probe for {} from {} ({} of limits.auth_attempts)",
+            sanitize(user),
+            self.peer.ip(),
+            self.failures
+        );
+        Ok(self.reject())
     }
 
     async fn auth_publickey(

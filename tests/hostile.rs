@@ -1,0 +1,215 @@
+//! The gateway against hostile clients (SPEC §8): each bound is driven past its limit over a
+//! real connection, and a real `sftp` login still works beside the attack.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Gateway, askpass, wait_until};
+
+/// Lines of the gateway's log that contain `needle`.
+fn count(g: &Gateway, needle: &str) -> usize {
+    g.log().matches(needle).count()
+}
+
+/// A TCP connection from 127.0.0.1 that, if `hello`, sends an SSH version line, and then
+/// stalls.
+fn stalled(port: u16, hello: bool) -> TcpStream {
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    if hello {
+        socket.write_all(b"SSH-2.0-stalled\r\n").unwrap();
+    }
+    socket
+}
+
+/// Whether the server has closed `s` (EOF or reset) within `within`, reading what it sends.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s.set_read_timeout(Some(left.min(Duration::from_millis(200))))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn exactly_auth_attempts_failed_requests_per_connection() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 200, ban_after_failures: 50, auth_attempts: 3 }",
+    );
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
+    // An OpenSSH client willing to ask for a password six times gets three answers.
+    let batch = g.path("pw-batch");
+    std::fs::write(&batch, "ls /\n").unwrap();
+    let out = Command::new("sftp")
+        .args([
+            "-o",
+            "BatchMode=no",
+            "-o",
+            "PreferredAuthentications=password",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "NumberOfPasswordPrompts=6",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            g.path("known_hosts").display()
+        ))
+        .arg("-P")
+        .arg(g.port.to_string())
+        .arg("-b")
+        .arg(&batch)
+        .arg("pw-user@127.0.0.1")
+        .env("SSH_ASKPASS", askpass(&g, "wrong password"))
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .env("DISPLAY", ":0")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    wait_until("the failures logged", Duration::from_secs(10), || {
+        count(&g, "authentication failure for pw-user") >= 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&g, "authentication failure for pw-user"),
+        3,
+        "{}",
+        g.log()
+    );
+
+    // Refused key probes count too: three unknown keys exhaust the attempts, and the right key
+    // offered fourth is never tried.
+    let mut args: Vec<String> = g.ssh_options();
+    for i in 0..3 {
+        let k = g.path(&format!("stranger-{i}"));
+        assert!(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&k)
+                .status()
+                .unwrap()
+                .success()
+        );
+        args.extend(["-i".into(), k.display().to_string()]);
+    }
+    args.extend([
+        "-i".into(),
+        g.key_path("school-a-user").display().to_string(),
+    ]);
+    let out = Command::new("sftp")
+        .args(&args)
+        .arg("-P")
+        .arg(g.port.to_string())
+        .arg("-b")
+        .arg(&batch)
+        .arg("school-a-user@127.0.0.1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fourth key must not be reached");
+    assert_eq!(
+        count(&g, "refused key probe for school-a-user"),
+        3,
+        "{}",
+        g.log()
+    );
+    // The right key first logs in.
+    let r = g.sftp("school-a-user", "ls /\n");
+    assert!(r.ok, "{}", r.all());
+}
+
+#[test]
+fn stalled_connections_are_closed_after_the_login_grace_time() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 200, ban_after_failures: 50, login_grace_s: 2 }",
+    );
+    let started = Instant::now();
+    let mut held: Vec<TcpStream> = (0..8).map(|i| stalled(g.port, i % 2 == 0)).collect();
+    // A real login beside them works.
+    let r = g.sftp("school-a-user", "ls /\n");
+    assert!(r.ok, "{}", r.all());
+    for s in &mut held {
+        assert!(
+            closed_within(s, Duration::from_secs(6)),
+            "a stalled connection is still open after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "closed before the grace time"
+    );
+    wait_until("the time-out logged", Duration::from_secs(5), || {
+        g.log()
+            .contains("not authenticated within limits.login_grace_s")
+    });
+    // Logged once a minute per address, not once per connection.
+    assert_eq!(
+        count(&g, "not authenticated within limits.login_grace_s"),
+        1,
+        "{}",
+        g.log()
+    );
+    // An authenticated session outlives the grace time.
+    let mut session = g.open_session("school-a-user", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        session.try_wait().unwrap().is_none(),
+        "an authenticated session was closed"
+    );
+    let _ = session.kill();
+    let _ = session.wait();
+}
+
+#[test]
+fn connections_beyond_max_startups_are_closed_at_once() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 200, ban_after_failures: 50, max_startups: 50, \
+         max_startups_per_address: 4, login_grace_s: 30 }",
+    );
+    // The harness's own probe of the port is still ending: let it go first.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut held: Vec<TcpStream> = (0..4).map(|_| stalled(g.port, true)).collect();
+    // Give the server a moment to count them.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(("127.0.0.1", g.port)).unwrap();
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(2)),
+        "the fifth unauthenticated connection from one address was kept: {}",
+        g.log()
+    );
+    // From another address a real login still works.
+    let r = g.sftp_with("school-a-user", "ls /\n", &["-o", "BindAddress=127.0.0.2"]);
+    assert!(r.ok, "{}", r.all());
+    wait_until("the refusal logged", Duration::from_secs(5), || {
+        g.log().contains("max_startups_per_address")
+    });
+    // When the stalled ones go, the address is admitted again.
+    held.clear();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = g.sftp("school-a-user", "ls /\n");
+    assert!(r.ok, "{}", r.all());
+}
