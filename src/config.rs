@@ -167,7 +167,7 @@ pub struct Limits {
     pub auth_attempts: u32,
     pub ban_after_failures: u32,
     pub ban_seconds: u64,
-    /// New connections accepted per second from one address (burst of twice this).
+    /// New connections accepted per second from one address, in a burst too.
     pub connections_per_second: u32,
     /// Open file and folder handles per SFTP session.
     pub handles_per_session: u32,

@@ -213,3 +213,24 @@ fn connections_beyond_max_startups_are_closed_at_once() {
     let r = g.sftp("school-a-user", "ls /\n");
     assert!(r.ok, "{}", r.all());
 }
+
+/// ssh-audit's connection-rate (DHEat) test, in the burst it measures, with the default
+/// throttle of 10 connections a second per address.
+#[test]
+fn the_dheat_rate_test_passes_in_a_burst() {
+    let g = Gateway::start_with("limits: { connections_per_second: 10, ban_after_failures: 50 }");
+    let out = Command::new("ssh-audit")
+        .args(["-n", "-p", &g.port.to_string(), "127.0.0.1"])
+        .output()
+        .expect("ssh-audit must be installed (pip install ssh-audit; .ci/run does)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("kex-strict-s-v00@openssh.com"),
+        "the audit ran: {report}"
+    );
+    let throttling: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("connection throttling") || l.contains("DHEat"))
+        .collect();
+    assert!(throttling.is_empty(), "{}", throttling.join("\n"));
+}
