@@ -234,3 +234,31 @@ fn the_dheat_rate_test_passes_in_a_burst() {
         .collect();
     assert!(throttling.is_empty(), "{}", throttling.join("\n"));
 }
+
+/// A header line of megabytes is not echoed back whole: the CLOSE status and the receipt stay
+/// short, whatever the file holds (SPEC §8).
+#[test]
+fn an_unreadable_header_is_not_echoed_whole() {
+    let g = Gateway::start();
+    let mut header = String::from("date,start,");
+    header.push_str(&"x".repeat(2 << 20));
+    header.push_str(",upn\n2026-11-23,09:00,y,z\n");
+    let f = g.file("huge-header.csv", header.as_bytes());
+    let r = g.sftp("prov-a-user", &format!("put {} /registers/\n", f.display()));
+    assert!(!r.ok, "an unreadable file is refused at close");
+    // The refusal the CLOSE carries is the job's outcome.
+    let refusal = g.sql("SELECT outcome FROM ingest_jobs");
+    assert!(refusal.contains("required columns missing"), "{refusal}");
+    assert!(
+        refusal.len() < 1_000,
+        "the refusal is {} bytes long",
+        refusal.len()
+    );
+    let receipt = g.sql("SELECT body FROM receipts");
+    assert!(receipt.contains("required columns missing"), "{receipt}");
+    assert!(
+        receipt.len() < 4_000,
+        "the receipt is {} bytes long",
+        receipt.len()
+    );
+}

@@ -101,7 +101,9 @@ pub fn parse_file(
     });
     match parsed {
         Ok(batch) => batch,
-        Err(Unreadable(reason)) => Batch::Unreadable(reason),
+        Err(Unreadable(reason)) => {
+            Batch::Unreadable(table::excerpt(&reason, table::MAX_REASON_CHARS))
+        }
     }
 }
 

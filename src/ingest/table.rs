@@ -7,6 +7,18 @@ use csv::StringRecord;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unreadable(pub String);
 
+/// The longest reason an unreadable file is refused with (it goes into the client's CLOSE
+/// status and the receipt): whatever a file holds, the answer stays this short (SPEC §8).
+pub const MAX_REASON_CHARS: usize = 600;
+
+/// At most `max` characters of `text`, with `…` where it was cut.
+pub fn excerpt(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        None => text.to_string(),
+        Some((at, _)) => format!("{}…", &text[..at]),
+    }
+}
+
 /// What a row became: the value, or the reason it was rejected.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowResult<T> {
@@ -143,7 +155,15 @@ impl<'a> Sheet<'a> {
                 "required column{} missing: {} (the header row has: {})",
                 if missing.len() > 1 { "s" } else { "" },
                 missing.join(", "),
-                header.iter().collect::<Vec<_>>().join(", ")
+                excerpt(
+                    &header
+                        .iter()
+                        .take(40)
+                        .map(|h| excerpt(h, 40))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    300
+                )
             )));
         }
         Ok(Sheet {
