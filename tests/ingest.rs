@@ -476,6 +476,16 @@ crate::on_both_backends! {
              WHERE u.name = 'many.csv' AND e.kind = 'referral_received'",
         );
         assert_eq!(events.lines().count(), 1, "{events}");
+        // Numbered on from the last reference of the year, one each.
+        let names = receipts(&g, "school-a-user", "/receipts");
+        let many = read(
+            &g,
+            "school-a-user",
+            &format!("/receipts/{}", names.iter().find(|n| n.ends_with("-many.csv.txt")).unwrap()),
+        );
+        for n in 2..5 {
+            assert!(many.contains(&format!("reference REF-{year}-00000{n}")), "{many}");
+        }
         assert!(events.contains("\"count\":3"), "{events}");
 
         // A withdrawal needs an open placement of the learner with that provider on that course.
