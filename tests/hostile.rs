@@ -262,3 +262,43 @@ fn an_unreadable_header_is_not_echoed_whole() {
         receipt.len()
     );
 }
+
+/// Two byte-identical registers put at the same moment by two users of one provider: the file
+/// is applied once, and the other is receipted as already applied (decided inside the apply
+/// transaction, not only before parsing).
+#[test]
+fn identical_files_at_the_same_moment_apply_once() {
+    let g = Gateway::start();
+    g.add_user("prov-a-second", "prov-a", &["coordinator"]);
+    let learners: Vec<String> = (200..400).map(common::upn).collect();
+    let learners: Vec<&str> = learners.iter().map(String::as_str).collect();
+    g.enrol("school-a", &learners);
+    g.place("prov-a", "C", &learners);
+    let mut text = String::from("date,start,end,course,upn,surname,forename,status\n");
+    for i in 0..300_000u32 {
+        let day = chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap()
+            + chrono::Days::new(u64::from(i / 200));
+        text.push_str(&format!(
+            "{day},09:00,12:00,C,{},T,S,present\n",
+            learners[(i % 200) as usize]
+        ));
+    }
+    let f = g.file("same.csv", text.as_bytes());
+    let script = format!("put {} /registers/\n", f.display());
+    let a = g.spawn_script("prov-a-user", &[], &script);
+    let b = g.spawn_script("prov-a-second", &[], &script);
+    for mut c in [a, b] {
+        assert!(c.wait().unwrap().success());
+    }
+    wait_until("both receipted", Duration::from_secs(60), || {
+        g.sql("SELECT COUNT(*) FROM receipts r JOIN uploads u ON u.id = r.upload_id WHERE u.folder = 'registers'")
+            .trim()
+            == "2"
+    });
+    assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "300000");
+    assert_eq!(
+        g.sql("SELECT COUNT(*) FROM receipts WHERE body LIKE '%ALREADY APPLIED%'")
+            .trim(),
+        "1"
+    );
+}

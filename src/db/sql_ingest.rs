@@ -67,6 +67,12 @@ pub(super) async fn applied_duplicate(
     db: &SqlDb,
     job: &IngestJob,
 ) -> anyhow::Result<Option<String>> {
+    let mut conn = db.pool.acquire().await?;
+    duplicate_of(&mut conn, job).await
+}
+
+/// The earlier file of the same sender and kind with the same bytes that applied rows.
+async fn duplicate_of(conn: &mut AnyConnection, job: &IngestJob) -> anyhow::Result<Option<String>> {
     let row: Option<(String, String)> = sqlx::query_as(
         "SELECT u.name, u.created_at FROM uploads u JOIN ingest_jobs j ON j.upload_id = u.id
          JOIN receipts r ON r.upload_id = u.id
@@ -78,7 +84,7 @@ pub(super) async fn applied_duplicate(
     .bind(job.kind.as_str())
     .bind(&job.sha256)
     .bind(job.upload_id)
-    .fetch_optional(&db.pool)
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(|(name, at)| format!("{name} received at {at}")))
 }
@@ -126,7 +132,14 @@ pub(super) async fn apply_ingest(
         return Ok(None);
     }
     let mut report = ApplyReport::default();
+    // Decided again inside the transaction: two identical files that arrive at the same moment
+    // both passed the check before parsing, and only the first to get here may apply.
+    let duplicate = match batch {
+        Batch::Unreadable(_) | Batch::Duplicate(_) => None,
+        _ => duplicate_of(&mut tx, job).await?,
+    };
     match batch {
+        _ if duplicate.is_some() => report.duplicate_of = duplicate,
         Batch::Unreadable(reason) => report.unreadable = Some(reason.clone()),
         Batch::Duplicate(of) => report.duplicate_of = Some(of.clone()),
         Batch::Register(rows) => {
