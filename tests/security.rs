@@ -28,6 +28,7 @@ fn no_path_leaves_the_tree_or_reaches_another_organisation() {
                 "referrals",
                 "withdrawals",
                 "roster",
+                "notes",
                 "receipts",
                 "reports"
             ]

@@ -640,7 +640,9 @@ impl Gateway {
         if let Some(pg) = &self.postgres {
             return psql(&pg.url, sql);
         }
+        // The gateway may hold the write lock for a moment: wait for it as the gateway does.
         let out = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 30000"])
             .arg(self.path("data/apgate.db"))
             .arg(sql)
             .output()
