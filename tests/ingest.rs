@@ -135,6 +135,22 @@ crate::on_both_backends! {
         assert_eq!(g.sql("SELECT COUNT(*) FROM marks").trim(), "1");
     }
 
+    /// A receipt's listed size is its size in bytes, for the sender and for the hub's copy.
+    fn receipts_are_listed_with_their_size_in_bytes() {
+        let g = Gateway::start();
+        let text = format!("{REGISTER_HEADER}2026-11-23,09:00,12:00,Café Ünit,{},T,S,present,,\n", upn(5));
+        assert!(put(&g, "prov-a-user", "café.csv", &text, "/registers").ok);
+        for (user, folder) in [("prov-a-user", "/receipts"), ("cap-user", "/receipts/prov-a")] {
+            let listing = g.sftp_ok(user, &format!("ls -l {folder}\n"));
+            let line = listing.lines().find(|l| l.contains("café.csv")).unwrap();
+            let listed: usize = line.split_whitespace().nth(4).unwrap().parse().unwrap();
+            let name = line.split_whitespace().last().unwrap().rsplit('/').next().unwrap();
+            let body = read(&g, user, &format!("{folder}/{name}"));
+            assert!(body.contains("Café Ünit"), "{body}");
+            assert_eq!(listed, body.len(), "{user}: {line}");
+        }
+    }
+
     fn unreadable_file_is_refused_at_close_but_kept_and_receipted() {
         let g = Gateway::start();
         let r = put(

@@ -193,12 +193,20 @@ pub struct IngestJob {
     pub done: bool,
 }
 
-/// A receipt as shown in `/receipts/`.
+/// A receipt as read from `/receipts/`.
 #[derive(Debug, Clone)]
 pub struct ReceiptFile {
-    pub org_slug: String,
     pub name: String,
     pub body: String,
+    pub created_at: String,
+}
+
+/// A receipt as listed in `/receipts/`: its body is read only when the file is.
+#[derive(Debug, Clone)]
+pub struct ReceiptEntry {
+    pub name: String,
+    /// Bytes of the body the lister would read.
+    pub size: u64,
     pub created_at: String,
 }
 
@@ -485,8 +493,16 @@ pub trait Database: Send + Sync {
         batch: &Batch,
         audit: &AuditEntry,
     ) -> anyhow::Result<Option<ApplyReport>>;
-    /// Receipts of one organisation, or of all (`None`, for the hub).
-    async fn receipts(&self, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>>;
+    /// The receipts of the files `org_id` sent, as its own users (`hub_view` false) or the hub
+    /// (with what only the hub may read) see them.
+    async fn receipt_list(&self, org_id: i64, hub_view: bool) -> anyhow::Result<Vec<ReceiptEntry>>;
+    /// One receipt by name, seen the same way.
+    async fn receipt(
+        &self,
+        org_id: i64,
+        name: &str,
+        hub_view: bool,
+    ) -> anyhow::Result<Option<ReceiptFile>>;
 
     /// Marks in scope; `current_only` leaves out amended versions.
     async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>>;

@@ -41,6 +41,14 @@ impl Backend {
         }
     }
 
+    /// The length in bytes of a text column.
+    pub fn byte_length(self, column: &str) -> String {
+        match self {
+            Backend::Sqlite => format!("LENGTH(CAST({column} AS BLOB))"),
+            Backend::Postgres => format!("OCTET_LENGTH({column})"),
+        }
+    }
+
     /// Parameter `n` (from 1) of a statement built at run time. SQLite gets `?`: it looks up
     /// `$n` by name, which is quadratic in a statement with thousands of parameters (measured:
     /// a 1,000,000-row register took 36 times longer).
@@ -881,8 +889,17 @@ impl Database for SqlDb {
         super::sql_ingest::apply_ingest(self, job, batch, audit).await
     }
 
-    async fn receipts(&self, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>> {
-        super::sql_ingest::receipts(self, org_id).await
+    async fn receipt_list(&self, org_id: i64, hub_view: bool) -> anyhow::Result<Vec<ReceiptEntry>> {
+        super::sql_ingest::receipt_list(self, org_id, hub_view).await
+    }
+
+    async fn receipt(
+        &self,
+        org_id: i64,
+        name: &str,
+        hub_view: bool,
+    ) -> anyhow::Result<Option<ReceiptFile>> {
+        super::sql_ingest::receipt(self, org_id, name, hub_view).await
     }
 
     async fn marks(&self, scope: MarkScope, current_only: bool) -> anyhow::Result<Vec<MarkRecord>> {

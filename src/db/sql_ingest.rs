@@ -89,25 +89,56 @@ async fn duplicate_of(conn: &mut AnyConnection, job: &IngestJob) -> anyhow::Resu
     Ok(row.map(|(name, at)| format!("{name} received at {at}")))
 }
 
-pub(super) async fn receipts(db: &SqlDb, org_id: Option<i64>) -> anyhow::Result<Vec<ReceiptFile>> {
-    let rows = sqlx::query(
-        "SELECT o.slug, r.name, CASE WHEN $1 IS NULL THEN COALESCE(r.hub_body, r.body) ELSE r.body END AS body,
-                r.created_at FROM receipts r JOIN orgs o ON o.id = r.org_id
-         WHERE $1 IS NULL OR r.org_id = $1 ORDER BY r.name",
-    )
+/// The body a receipt's reader sees: the hub's copy where it has one.
+fn receipt_body(hub_view: bool) -> &'static str {
+    if hub_view {
+        "COALESCE(hub_body, body)"
+    } else {
+        "body"
+    }
+}
+
+pub(super) async fn receipt_list(
+    db: &SqlDb,
+    org_id: i64,
+    hub_view: bool,
+) -> anyhow::Result<Vec<ReceiptEntry>> {
+    let rows: Vec<(String, i64, String)> = sqlx::query_as(&format!(
+        "SELECT name, CAST({} AS BIGINT), created_at FROM receipts WHERE org_id = $1 ORDER BY name",
+        db.backend.byte_length(receipt_body(hub_view))
+    ))
     .bind(org_id)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ReceiptFile {
-                org_slug: r.try_get("slug")?,
-                name: r.try_get("name")?,
-                body: r.try_get("body")?,
-                created_at: r.try_get("created_at")?,
-            })
+    Ok(rows
+        .into_iter()
+        .map(|(name, size, created_at)| ReceiptEntry {
+            name,
+            size: size as u64,
+            created_at,
         })
-        .collect()
+        .collect())
+}
+
+pub(super) async fn receipt(
+    db: &SqlDb,
+    org_id: i64,
+    name: &str,
+    hub_view: bool,
+) -> anyhow::Result<Option<ReceiptFile>> {
+    let row: Option<(String, String, String)> = sqlx::query_as(&format!(
+        "SELECT name, {} AS body, created_at FROM receipts WHERE org_id = $1 AND name = $2",
+        receipt_body(hub_view)
+    ))
+    .bind(org_id)
+    .bind(name)
+    .fetch_optional(&db.pool)
+    .await?;
+    Ok(row.map(|(name, body, created_at)| ReceiptFile {
+        name,
+        body,
+        created_at,
+    }))
 }
 
 pub(super) async fn apply_ingest(

@@ -109,12 +109,7 @@ pub async fn ingest_file(
     let receipt = match gw.db.ingest_job(job).await? {
         Some(j) => {
             let wanted = super::receipt::receipt_name(&j.received_at, &j.file_name);
-            gw.db
-                .receipts(Some(org.id))
-                .await?
-                .into_iter()
-                .find(|r| r.name == wanted)
-                .map(|r| r.body)
+            gw.db.receipt(org.id, &wanted, false).await?.map(|r| r.body)
         }
         None => None,
     };

@@ -384,17 +384,21 @@ impl SftpSession {
 
     // ----- receipts and reports -----
 
-    /// Receipts this organisation may read: its own, or for the hub those of `folder` (a slug).
-    async fn receipt_files(&self, folder: Option<&str>) -> FsResult<Vec<crate::db::ReceiptFile>> {
-        let all = if self.who.org.kind == OrgKind::Hub {
-            self.gw.db.receipts(None).await?
-        } else {
-            self.gw.db.receipts(Some(self.who.org.id)).await?
-        };
+    /// Whose receipts `folder` holds: this organisation's own, or for the hub those of the
+    /// organisation named by `folder` (with what only the hub may read). `None`: no such folder.
+    async fn receipt_owner(&self, folder: Option<&str>) -> FsResult<Option<(i64, bool)>> {
         Ok(match (self.who.org.kind, folder) {
-            (OrgKind::Hub, Some(slug)) => all.into_iter().filter(|r| r.org_slug == slug).collect(),
-            (OrgKind::Hub, None) => Vec::new(),
-            _ => all,
+            (OrgKind::Hub, Some(slug)) => self.gw.db.org_by_slug(slug).await?.map(|o| (o.id, true)),
+            (OrgKind::Hub, None) => None,
+            (_, _) => Some((self.who.org.id, false)),
+        })
+    }
+
+    /// The receipts listed in `/receipts` (or the hub's `/receipts/<slug>`), without their bodies.
+    async fn receipt_list(&self, folder: Option<&str>) -> FsResult<Vec<crate::db::ReceiptEntry>> {
+        Ok(match self.receipt_owner(folder).await? {
+            Some((org, hub_view)) => self.gw.db.receipt_list(org, hub_view).await?,
+            None => Vec::new(),
         })
     }
 
@@ -405,11 +409,14 @@ impl SftpSession {
             (OrgKind::School | OrgKind::Provider, [name]) => (None, name),
             _ => return Ok(None),
         };
+        let Some((org, hub_view)) = self.receipt_owner(folder).await? else {
+            return Ok(None);
+        };
         Ok(self
-            .receipt_files(folder)
+            .gw
+            .db
+            .receipt(org, name, hub_view)
             .await?
-            .into_iter()
-            .find(|r| &r.name == name)
             .map(|r| (Bytes::from(r.body), text_to_secs(&r.created_at))))
     }
 
@@ -652,13 +659,13 @@ impl SftpSession {
                     dirs(&mut self.hub_inbox_senders().await?.into_iter())
                 } else {
                     let folder = rel.first().map(String::as_str);
-                    self.receipt_files(folder)
+                    self.receipt_list(folder)
                         .await?
                         .into_iter()
                         .map(|r| {
                             entry(
                                 &r.name,
-                                file_attrs(r.body.len() as u64, 0o440, text_to_secs(&r.created_at)),
+                                file_attrs(r.size, 0o440, text_to_secs(&r.created_at)),
                             )
                         })
                         .collect()
