@@ -302,3 +302,32 @@ fn identical_files_at_the_same_moment_apply_once() {
         "1"
     );
 }
+
+/// A school probing other organisations' folders learns nothing: an existing school, an
+/// existing provider and a name nobody has get the same refusal, Permission denied, also for
+/// the demo's own hint (a path that ends in `/`).
+#[test]
+fn a_school_probing_other_organisations_learns_nothing() {
+    let g = Gateway::start();
+    let f = g.file("x.txt", b"x");
+    for target in ["school-b", "prov-a", "no-such-school"] {
+        for dest in [
+            format!("/outbox/{target}/coordinator/"),
+            format!("/outbox/{target}/dsl/x.txt"),
+        ] {
+            let r = g.sftp("school-a-user", &format!("put {} {dest}\n", f.display()));
+            assert!(!r.ok, "{dest}");
+            assert!(r.all().contains("Permission denied"), "{dest}: {}", r.all());
+        }
+    }
+    let denials = g.sql("SELECT detail FROM audit WHERE action = 'transfer denied' ORDER BY seq");
+    let said: std::collections::BTreeSet<String> = denials
+        .lines()
+        .map(|l| {
+            let message = l.split_once(": ").map_or(l, |(_, m)| m);
+            message.to_string()
+        })
+        .collect();
+    assert_eq!(said.len(), 1, "the refusals differ: {denials}");
+    assert_eq!(denials.lines().count(), 6, "{denials}");
+}

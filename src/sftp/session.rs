@@ -453,6 +453,11 @@ impl SftpSession {
                 }]);
             }
             Target::Hub => db.hub().await?.into_iter().collect::<Vec<_>>(),
+            // A school or provider names no organisation in its tree: it is refused in the
+            // same words whatever the name, so that a refusal never tells whether one exists.
+            Target::Org(slug) if me.kind != OrgKind::Hub => {
+                return Err(self.deny(folder, unknown_target(me.kind, slug).0).await);
+            }
             Target::Org(slug) => match db.org_by_slug(slug).await? {
                 Some(o) if !o.disabled => vec![o],
                 _ => return Err(self.deny(folder, unknown_target(me.kind, slug).0).await),
@@ -843,6 +848,15 @@ impl SftpSession {
                     FsError::NotFound(format!("{} does not exist", display_path(&segs)))
                 })?;
                 self.add_handle(OpenHandle::Generated(body))
+            }
+            Node::Write { folder, .. } => {
+                // A write folder opened as a file (`put f /outbox/other/coordinator/`): the
+                // routing refusal comes first.
+                self.recipients(&folder).await?;
+                Err(FsError::Failure(format!(
+                    "{} is a folder",
+                    display_path(&segs)
+                )))
             }
             _ => Err(FsError::Failure(format!(
                 "{} is a folder",
