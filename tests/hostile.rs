@@ -331,3 +331,45 @@ fn a_school_probing_other_organisations_learns_nothing() {
     assert_eq!(said.len(), 1, "the refusals differ: {denials}");
     assert_eq!(denials.lines().count(), 6, "{denials}");
 }
+
+/// A recall stops a download under way, and a recalled file is never recorded as downloaded.
+#[test]
+fn a_recall_stops_a_download_under_way() {
+    let g = Gateway::start();
+    let data = common::noise(3_000_000, 7);
+    let f = g.file("big.bin", &data);
+    g.sftp_ok(
+        "cap-user",
+        &format!("put {} /outbox/school-a/coordinator/\n", f.display()),
+    );
+    let dest = g.path("got.bin");
+    let started = Instant::now();
+    // 2,000 kbit/s: twelve seconds for the whole file.
+    let mut download = g.spawn_script(
+        "school-a-user",
+        &["-l", "2000"],
+        &format!("get /inbox/big.bin {}\n", dest.display()),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    g.sftp_ok("cap-user", "rm /outbox/school-a/coordinator/big.bin\n");
+    let status = loop {
+        if let Some(status) = download.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(9),
+            "the download went on after the recall"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success(), "the download must fail");
+    assert_eq!(
+        g.sql("SELECT COUNT(*) FROM deliveries WHERE downloaded_at IS NOT NULL")
+            .trim(),
+        "0"
+    );
+    assert!(
+        !g.sftp_ok("school-a-user", "ls -1 /inbox\n")
+            .contains("big.bin")
+    );
+}

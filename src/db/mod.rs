@@ -447,13 +447,16 @@ pub trait Database: Send + Sync {
         folder: Option<&str>,
     ) -> anyhow::Result<Vec<InboxFile>>;
     async fn outbox(&self, org_id: i64, folder: &str) -> anyhow::Result<Vec<OutboxFile>>;
-    /// Records the first complete download of a delivery.
+    /// Records the first complete download of a delivery; `false` (nothing recorded) when the
+    /// sender recalled it meanwhile.
     async fn mark_downloaded(
         &self,
         delivery_id: i64,
         username: &str,
         audit: &AuditEntry,
-    ) -> anyhow::Result<()>;
+    ) -> anyhow::Result<bool>;
+    /// Whether the sender has recalled the transfer of this delivery.
+    async fn delivery_recalled(&self, delivery_id: i64) -> anyhow::Result<bool>;
     async fn delete_delivery(&self, delivery_id: i64, audit: &AuditEntry) -> anyhow::Result<()>;
     async fn recall_upload(
         &self,

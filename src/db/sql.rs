@@ -724,8 +724,17 @@ impl Database for SqlDb {
         delivery_id: i64,
         username: &str,
         audit: &AuditEntry,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let mut tx = self.begin().await?;
+        let recalled: Option<String> =
+            sqlx::query_scalar("SELECT recalled_at FROM deliveries WHERE id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        if recalled.is_some() {
+            return Ok(false);
+        }
         sqlx::query(
             "UPDATE deliveries SET downloaded_by = $1, downloaded_at = $2
              WHERE id = $3 AND downloaded_at IS NULL",
@@ -737,7 +746,17 @@ impl Database for SqlDb {
         .await?;
         append_audit(&mut tx, audit).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
+    }
+
+    async fn delivery_recalled(&self, delivery_id: i64) -> anyhow::Result<bool> {
+        let recalled: Option<String> =
+            sqlx::query_scalar("SELECT recalled_at FROM deliveries WHERE id = $1")
+                .bind(delivery_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        Ok(recalled.is_some())
     }
 
     async fn delete_delivery(&self, delivery_id: i64, audit: &AuditEntry) -> anyhow::Result<()> {

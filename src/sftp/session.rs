@@ -64,7 +64,14 @@ struct Download {
     file: InboxFile,
     covered: u64,
     recorded: bool,
+    /// When the transfer was last seen not recalled: a recall stops a download under way.
+    checked_at: std::time::Instant,
 }
+
+/// How often a download under way looks whether its transfer was recalled.
+const RECALL_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+const RECALLED: &str = "the sender recalled this file; it is no longer in your inbox";
 
 /// What a path in a write folder currently is.
 enum WriteEntry {
@@ -775,6 +782,7 @@ impl SftpSession {
                     file,
                     covered: 0,
                     recorded: false,
+                    checked_at: std::time::Instant::now(),
                 })))
             }
             Node::Write { folder, rel } if !rel.is_empty() => {
@@ -900,7 +908,14 @@ impl SftpSession {
             file,
             covered,
             recorded,
+            checked_at,
         } = d.as_mut();
+        if checked_at.elapsed() >= RECALL_CHECK_EVERY {
+            if self.gw.db.delivery_recalled(file.delivery_id).await? {
+                return Err(FsError::NotFound(RECALLED.into()));
+            }
+            *checked_at = std::time::Instant::now();
+        }
         let len = u64::from(len.min(p::MAX_READ)).min(file.size.saturating_sub(offset)) as usize;
         let reply = match len {
             0 => None,
@@ -921,10 +936,14 @@ impl SftpSession {
                 "delivery {}: {}",
                 file.delivery_id, file.inbox_name
             ));
-            self.gw
+            if !self
+                .gw
                 .db
                 .mark_downloaded(file.delivery_id, &self.who.username, &entry)
-                .await?;
+                .await?
+            {
+                return Err(FsError::NotFound(RECALLED.into()));
+            }
         }
         reply.map(|(packet, _)| packet).ok_or(FsError::Eof)
     }
