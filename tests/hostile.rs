@@ -373,3 +373,53 @@ fn a_recall_stops_a_download_under_way() {
             .contains("big.bin")
     );
 }
+
+/// 1,500 out-of-order one-byte WRITEs each padded with 260 KB after its data, then 1,500
+/// plain ones, pipelined on one session: the padded ones are refused as malformed (their
+/// packets are not kept), the plain ones are held as the bytes they are, and the server's RSS
+/// stays bounded (it grew by some 380 MiB when each held write kept its whole packet).
+#[test]
+fn padded_out_of_order_writes_hold_no_memory() {
+    let g = Gateway::start();
+    let pid = g.server_pid().unwrap().to_string();
+    let key = g.key_path("school-a-user");
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/padded_writes.py"
+        ))
+        .args([
+            &g.port.to_string(),
+            "school-a-user",
+            key.to_str().unwrap(),
+            &pid,
+            "1500",
+        ])
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    let phases: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    let rss = |i: usize| -> i64 { phases[i][2].parse().unwrap() };
+    assert_eq!(
+        phases[1][1], "5:1500",
+        "padded writes are BAD_MESSAGE: {text}"
+    );
+    assert_eq!(
+        phases[2][1], "0:1500",
+        "plain out-of-order writes are held: {text}"
+    );
+    assert!(
+        rss(2) - rss(0) < 64 * 1024,
+        "the server grew by {} KiB: {text}",
+        rss(2) - rss(0)
+    );
+    // Alive, and serving a new session.
+    let r = g.sftp("school-b-user", "ls /\n");
+    assert!(r.ok, "{}", r.all());
+}

@@ -265,7 +265,7 @@ pub fn parse_request(body: Bytes) -> Result<Request, Malformed> {
     let mut f = Fields { buf: body };
     let kind = f.u8()?;
     let id = f.u32()?;
-    Ok(match kind {
+    let request = match kind {
         FXP_OPEN => {
             let path = f.string()?;
             let pflags = f.u32()?;
@@ -350,7 +350,14 @@ pub fn parse_request(body: Bytes) -> Result<Request, Malformed> {
             name: f.string()?,
         },
         other => Request::Unknown { id, kind: other },
-    })
+    };
+    // Bytes after the last field are refused: a packet that carries more than it says (a
+    // one-byte WRITE padded to 256 KiB) would otherwise keep its whole buffer alive. An
+    // extended request's own fields follow its name.
+    if !f.buf.is_empty() && !matches!(request, Request::Extended { .. } | Request::Unknown { .. }) {
+        return Err(Malformed);
+    }
+    Ok(request)
 }
 
 /// Parses the client's INIT: its version (extensions are ignored).
@@ -573,6 +580,24 @@ mod tests {
             panic!()
         };
         assert_eq!((offset, &data[..]), (5, &b"hello"[..]));
+
+        // The same WRITE padded after its data is refused, as is any request with bytes after
+        // its last field; an extended request carries its own fields after its name.
+        let mut padded = rest.clone();
+        padded.extend_from_slice(&[0u8; 1000]);
+        assert_eq!(
+            parse_request(request(FXP_WRITE, 8, &padded)).unwrap_err(),
+            Malformed
+        );
+        let mut close = s(b"h1");
+        close.push(0);
+        assert_eq!(
+            parse_request(request(FXP_CLOSE, 9, &close)).unwrap_err(),
+            Malformed
+        );
+        let mut ext = s(b"limits@openssh.com");
+        ext.extend_from_slice(&s(b"more"));
+        assert!(parse_request(request(FXP_EXTENDED, 10, &ext)).is_ok());
     }
 
     #[test]

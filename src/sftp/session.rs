@@ -25,6 +25,8 @@ use crate::vault::{ReadAhead, SealedBlob, UploadWriter};
 
 /// Bytes of out-of-order writes held back while waiting for the gap before them.
 const REORDER_LIMIT: usize = 16 * 1024 * 1024;
+/// What one out-of-order write costs besides its bytes: the map's node and the `Bytes` header.
+const REORDER_ENTRY_COST: usize = 96;
 /// Entries per READDIR reply.
 const DIR_CHUNK: usize = 100;
 
@@ -972,14 +974,20 @@ impl SftpSession {
             up.failed = Some(msg.clone());
             return Err(FsError::Failure(msg));
         }
+        if data.is_empty() {
+            // Nothing to write, wherever it points: no entry, no cost.
+            return Ok(());
+        }
         if offset > up.next_offset {
-            up.reorder_bytes += data.len();
-            if up.reorder_bytes > REORDER_LIMIT {
+            // Held out of order: counted as the memory it takes (its own copy, so that the
+            // packet it came in is freed, and the map's entry), and never twice at one offset.
+            up.reorder_bytes += data.len() + REORDER_ENTRY_COST;
+            if up.reorder_bytes > REORDER_LIMIT || up.reorder.contains_key(&offset) {
                 let msg = "writes arrived too far out of order; send the file again".to_string();
                 up.failed = Some(msg.clone());
                 return Err(FsError::Failure(msg));
             }
-            up.reorder.insert(offset, data);
+            up.reorder.insert(offset, Bytes::copy_from_slice(&data));
             return Ok(());
         }
         up.next_offset = end;
@@ -989,7 +997,7 @@ impl SftpSession {
             && *entry.key() == up.next_offset
         {
             let chunk = entry.remove();
-            up.reorder_bytes -= chunk.len();
+            up.reorder_bytes -= chunk.len() + REORDER_ENTRY_COST;
             up.next_offset += chunk.len() as u64;
             written = up.writer.write(chunk).await;
         }
