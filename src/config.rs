@@ -177,6 +177,8 @@ pub struct Limits {
     pub max_startups_per_address: u32,
     /// Seconds a connection has to authenticate before it is closed.
     pub login_grace_s: u64,
+    /// Empty folders an SFTP session may make in its outboxes (each is held until files go in).
+    pub folders_per_session: u32,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -264,6 +266,7 @@ impl Default for Limits {
             max_startups: 100,
             max_startups_per_address: 20,
             login_grace_s: 60,
+            folders_per_session: 1000,
         }
     }
 }
@@ -431,6 +434,10 @@ impl Config {
                 u64::from(l.max_startups_per_address),
             ),
             ("limits.login_grace_s", l.login_grace_s),
+            (
+                "limits.folders_per_session",
+                u64::from(l.folders_per_session),
+            ),
         ] {
             if v == 0 {
                 problem(key, "must be greater than 0".into());

@@ -423,3 +423,28 @@ fn padded_out_of_order_writes_hold_no_memory() {
     let r = g.sftp("school-b-user", "ls /\n");
     assert!(r.ok, "{}", r.all());
 }
+
+/// Folders made in an outbox are held by the session until files go in: their number is
+/// bounded by limits.folders_per_session.
+#[test]
+fn folders_made_in_a_session_are_bounded() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 200, ban_after_failures: 50, folders_per_session: 20 }",
+    );
+    let mut batch = String::new();
+    for i in 0..25 {
+        batch.push_str(&format!("-mkdir /outbox/coordinator/d{i}\n"));
+    }
+    batch.push_str("ls -1 /outbox/coordinator\n");
+    let out = g.sftp_ok("school-a-user", &batch);
+    let made = out
+        .lines()
+        .filter(|l| !l.starts_with("sftp>"))
+        .filter_map(|l| l.trim().rsplit('/').next())
+        .filter(|n| {
+            n.strip_prefix('d')
+                .is_some_and(|i| i.parse::<u32>().is_ok())
+        })
+        .count();
+    assert_eq!(made, 20, "{out}");
+}

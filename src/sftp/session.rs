@@ -1278,6 +1278,12 @@ impl SftpSession {
         let name = rel.join("/");
         match self.write_entry(&folder, &name).await? {
             WriteEntry::Missing => {
+                let limit = self.gw.config().limits.folders_per_session as usize;
+                if self.made_dirs.len() >= limit {
+                    return Err(FsError::Failure(format!(
+                        "this session has made {limit} folders (limits.folders_per_session); upload into them first"
+                    )));
+                }
                 self.made_dirs.insert((folder.path.clone(), name));
                 Ok(())
             }
