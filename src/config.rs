@@ -179,6 +179,11 @@ pub struct Limits {
     pub login_grace_s: u64,
     /// Empty folders an SFTP session may make in its outboxes (each is held until files go in).
     pub folders_per_session: u32,
+    /// Requests a session may have sent and not yet had answered; beyond it the session ends.
+    pub queued_requests_per_session: u32,
+    /// What those requests may hold in memory (their bytes and their bookkeeping).
+    #[serde(deserialize_with = "byte_size")]
+    pub queued_bytes_per_session: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -267,6 +272,8 @@ impl Default for Limits {
             max_startups_per_address: 20,
             login_grace_s: 60,
             folders_per_session: 1000,
+            queued_requests_per_session: 10_000,
+            queued_bytes_per_session: 64 << 20,
         }
     }
 }
@@ -437,6 +444,14 @@ impl Config {
             (
                 "limits.folders_per_session",
                 u64::from(l.folders_per_session),
+            ),
+            (
+                "limits.queued_requests_per_session",
+                u64::from(l.queued_requests_per_session),
+            ),
+            (
+                "limits.queued_bytes_per_session",
+                l.queued_bytes_per_session,
             ),
         ] {
             if v == 0 {

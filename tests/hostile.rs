@@ -448,3 +448,43 @@ fn folders_made_in_a_session_are_bounded() {
         .count();
     assert_eq!(made, 20, "{out}");
 }
+
+/// 20,000 tiny requests pipelined and never read: past limits.queued_requests_per_session the
+/// session is ended, the server stays small and goes on serving.
+#[test]
+fn requests_that_are_never_read_end_the_session() {
+    let g = Gateway::start();
+    let pid = g.server_pid().unwrap().to_string();
+    let key = g.key_path("school-a-user");
+    let out = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/clients/flood_requests.py"
+        ))
+        .args([
+            &g.port.to_string(),
+            "school-a-user",
+            key.to_str().unwrap(),
+            &pid,
+            "20000",
+        ])
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (state, rss) = text.trim().split_once(' ').unwrap();
+    assert_eq!(state, "closed", "{text}");
+    assert!(rss.parse::<i64>().unwrap() < 128 * 1024, "{text}");
+    assert!(
+        g.log().contains("client sent requests faster than allowed"),
+        "{}",
+        g.log()
+    );
+    let r = g.sftp("school-b-user", "ls /\n");
+    assert!(r.ok, "{}", r.all());
+}

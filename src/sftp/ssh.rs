@@ -26,10 +26,12 @@ use crate::db::LoginUser;
 use crate::gateway::{Gateway, Principal};
 use crate::vault::keys::Keys;
 
-/// Bytes of client requests held between the SSH channel and the SFTP session. The drain task
-/// never blocks on this queue (that is what prevents the russh channel-queue deadlock); a client
-/// that overruns it is disconnected.
-const INBOUND_LIMIT: usize = 64 * 1024 * 1024;
+/// What a queued request costs besides its bytes: its allocation's overhead, the `Bytes` header
+/// and the queue's slot. The queue between the SSH channel and the SFTP session is bounded in
+/// requests and in this cost (`limits.queued_requests_per_session`, `queued_bytes_per_session`);
+/// the drain task never blocks on it (that is what prevents the russh channel-queue deadlock),
+/// so a client that overruns it is disconnected.
+const QUEUED_REQUEST_COST: usize = 128;
 /// Bytes read from a client's socket at a time.
 const SOCKET_READ_BUFFER: usize = 64 * 1024;
 
@@ -437,7 +439,7 @@ impl Connection {
         }
         self.sftp_started = true;
         let session = SftpSession::new(self.gw.clone(), principal);
-        tokio::spawn(run_sftp(channel, session));
+        tokio::spawn(run_sftp(channel, session, self.gw.config().limits.clone()));
         true
     }
 }
@@ -632,11 +634,18 @@ impl russh::server::Handler for Connection {
 /// Runs the SFTP protocol on a channel. A separate task drains the channel into a bounded
 /// buffer at all times, so russh's session loop is never blocked delivering data to us while
 /// we wait for window space to reply (the deadlock described in ARCHITECTURE.md).
-async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
+async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession, limits: crate::config::Limits) {
     let (mut read_half, write_half) = channel.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+    // What the queue holds: the cost of its requests, and how many there are.
     let queued = Arc::new(AtomicUsize::new(0));
     let queued_in = queued.clone();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let waiting_in = waiting.clone();
+    let (max_bytes, max_requests) = (
+        limits.queued_bytes_per_session as usize,
+        limits.queued_requests_per_session as usize,
+    );
     let drain = tokio::spawn(async move {
         // Frames packets here, so each byte is copied once on its way to the session.
         let mut framer = p::Framer::default();
@@ -645,8 +654,10 @@ async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
                 ChannelMsg::Data { data } => {
                     let mut overrun = false;
                     let framed = framer.push(&data, |packet| {
-                        let n = packet.len();
-                        if queued_in.fetch_add(n, Ordering::AcqRel) + n > INBOUND_LIMIT {
+                        let cost = packet.len() + QUEUED_REQUEST_COST;
+                        let held = queued_in.fetch_add(cost, Ordering::AcqRel) + cost;
+                        let waiting = waiting_in.fetch_add(1, Ordering::AcqRel) + 1;
+                        if held > max_bytes || waiting > max_requests {
                             overrun = true;
                             return false;
                         }
@@ -670,7 +681,7 @@ async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
         }
     });
 
-    let result = serve_requests(&mut session, &mut rx, &queued, &write_half).await;
+    let result = serve_requests(&mut session, &mut rx, (&queued, &waiting), &write_half).await;
     if let Err(e) = &result {
         tracing::debug!("sftp session ended: {e:#}");
     }
@@ -685,12 +696,13 @@ async fn run_sftp(channel: Channel<Msg>, mut session: SftpSession) {
 async fn serve_requests<S: From<(ChannelId, ChannelMsg)> + Send + Sync + 'static>(
     session: &mut SftpSession,
     rx: &mut mpsc::UnboundedReceiver<Bytes>,
-    queued: &AtomicUsize,
+    (queued, waiting): (&AtomicUsize, &AtomicUsize),
     out: &russh::ChannelWriteHalf<S>,
 ) -> anyhow::Result<()> {
     let mut initialised = false;
     while let Some(packet) = rx.recv().await {
-        queued.fetch_sub(packet.len(), Ordering::AcqRel);
+        queued.fetch_sub(packet.len() + QUEUED_REQUEST_COST, Ordering::AcqRel);
+        waiting.fetch_sub(1, Ordering::AcqRel);
         let reply = if !initialised {
             let version =
                 p::parse_init(&packet).map_err(|_| anyhow::anyhow!("expected SFTP INIT"))?;
