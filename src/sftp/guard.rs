@@ -80,6 +80,10 @@ impl Drop for Startup {
 pub struct Guard {
     limits: Mutex<Limits>,
     state: Mutex<State>,
+    /// Password checks (argon2, ~20 MiB and tens of milliseconds each) running at once: one per
+    /// core, so that a flood of passwords queues here instead of taking the blocking pool that
+    /// uploads and the database driver need.
+    pub password_checks: tokio::sync::Semaphore,
 }
 
 /// A live session: counted in the database against its user's limit and known to this process;
@@ -117,9 +121,11 @@ impl Drop for SessionTicket {
 
 impl Guard {
     pub fn new(limits: Limits) -> Arc<Guard> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         Arc::new(Guard {
             limits: Mutex::new(limits),
             state: Mutex::new(State::default()),
+            password_checks: tokio::sync::Semaphore::new(cores),
         })
     }
 

@@ -334,6 +334,7 @@ impl Connection {
             Credential::Password(pw) => {
                 let hash = user.as_ref().and_then(|u| u.password_hash.clone());
                 let pw = pw.to_string();
+                let _permit = self.gw.guard.password_checks.acquire().await?;
                 tokio::task::spawn_blocking(move || password_matches(hash.as_deref(), &pw))
                     .await
                     .unwrap_or(false)
