@@ -179,6 +179,8 @@ pub struct Limits {
     pub login_grace_s: u64,
     /// Empty folders an SFTP session may make in its outboxes (each is held until files go in).
     pub folders_per_session: u32,
+    /// Files one user may be uploading at once (over all its sessions in this process).
+    pub uploads_per_user: u32,
     /// Requests a session may have sent and not yet had answered; beyond it the session ends.
     pub queued_requests_per_session: u32,
     /// What those requests may hold in memory (their bytes and their bookkeeping).
@@ -272,6 +274,7 @@ impl Default for Limits {
             max_startups_per_address: 20,
             login_grace_s: 60,
             folders_per_session: 1000,
+            uploads_per_user: 16,
             queued_requests_per_session: 10_000,
             queued_bytes_per_session: 64 << 20,
         }
@@ -445,6 +448,7 @@ impl Config {
                 "limits.folders_per_session",
                 u64::from(l.folders_per_session),
             ),
+            ("limits.uploads_per_user", u64::from(l.uploads_per_user)),
             (
                 "limits.queued_requests_per_session",
                 u64::from(l.queued_requests_per_session),

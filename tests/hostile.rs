@@ -488,3 +488,45 @@ fn requests_that_are_never_read_end_the_session() {
     let r = g.sftp("school-b-user", "ls /\n");
     assert!(r.ok, "{}", r.all());
 }
+
+/// Files one user uploads at once are bounded (limits.uploads_per_user), and together they hold
+/// no more than the organisation's quota left (each was given the whole of it).
+#[test]
+fn uploads_in_flight_are_bounded_and_share_the_quota() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 200, ban_after_failures: 50, uploads_per_user: 4, \
+         quota_per_org: 1MiB, max_file_size: 1MiB }",
+    );
+    let key = g.key_path("school-a-user");
+    let run = |count: &str, bytes: &str| {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/clients/many_uploads.py"
+            ))
+            .args([
+                &g.port.to_string(),
+                "school-a-user",
+                key.to_str().unwrap(),
+                count,
+                bytes,
+            ])
+            .output()
+            .expect("python3 with paramiko (.ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    // Six files opened at once: four are taken, two refused.
+    let text = run("6", "1000");
+    assert!(text.contains("opened 4 refused 2"), "{text}");
+    assert!(text.contains("written 4 failed 0"), "{text}");
+    // Three files of 400 KB against a quota of 1 MiB: the third does not fit beside the two.
+    let text = run("3", "400000");
+    assert!(text.contains("opened 3 refused 0"), "{text}");
+    assert!(text.contains("written 2 failed 1"), "{text}");
+}

@@ -32,6 +32,56 @@ struct State {
     startups_total: u32,
     /// When a refusal or time-out from an address was last logged.
     logged: HashMap<IpAddr, Instant>,
+    /// Uploads being written, per user, and the bytes they hold against each organisation's
+    /// quota (in this process).
+    uploads: HashMap<i64, u32>,
+    reserved: HashMap<i64, u64>,
+}
+
+/// An upload being written: it counts against its user's `limits.uploads_per_user` and holds
+/// its bytes against its organisation's quota until it ends.
+pub struct UploadSlot {
+    guard: Arc<Guard>,
+    user_id: i64,
+    org_id: i64,
+    reserved: u64,
+}
+
+impl UploadSlot {
+    /// Grows what this upload holds to `end` bytes, unless the organisation's uploads would
+    /// then hold more than `cap` (its quota left when this upload began).
+    pub fn reserve_to(&mut self, end: u64, cap: u64) -> bool {
+        if end <= self.reserved {
+            return true;
+        }
+        let mut s = self.guard.lock();
+        let held = s.reserved.entry(self.org_id).or_insert(0);
+        let others = *held - self.reserved;
+        if others + end > cap {
+            return false;
+        }
+        *held = others + end;
+        self.reserved = end;
+        true
+    }
+}
+
+impl Drop for UploadSlot {
+    fn drop(&mut self) {
+        let mut s = self.guard.lock();
+        if let Some(n) = s.uploads.get_mut(&self.user_id) {
+            *n -= 1;
+            if *n == 0 {
+                s.uploads.remove(&self.user_id);
+            }
+        }
+        if let Some(held) = s.reserved.get_mut(&self.org_id) {
+            *held -= self.reserved;
+            if *held == 0 {
+                s.reserved.remove(&self.org_id);
+            }
+        }
+    }
 }
 
 /// Why a new connection is closed at once.
@@ -186,6 +236,29 @@ impl Guard {
         }
     }
 
+    /// A new upload of `user_id` (of organisation `org_id`), unless the user already writes
+    /// `limits.uploads_per_user` files at once.
+    pub fn begin_upload(self: &Arc<Self>, user_id: i64, org_id: i64) -> Option<UploadSlot> {
+        let limit = self.limits().uploads_per_user;
+        let mut s = self.lock();
+        let n = s.uploads.entry(user_id).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(UploadSlot {
+            guard: self.clone(),
+            user_id,
+            org_id,
+            reserved: 0,
+        })
+    }
+
+    /// Bytes the uploads under way of an organisation hold against its quota.
+    pub fn reserved(&self, org_id: i64) -> u64 {
+        self.lock().reserved.get(&org_id).copied().unwrap_or(0)
+    }
+
     /// Connections not yet authenticated (for tests and metrics).
     pub fn startups(&self) -> u32 {
         self.lock().startups_total
@@ -294,5 +367,29 @@ mod tests {
         drop(a1); // authenticated, or gone
         assert!(g.admit(c).is_ok());
         assert!(g.may_log(a) && !g.may_log(a) && g.may_log(b));
+    }
+
+    #[test]
+    fn uploads_per_user_and_the_quota_they_hold() {
+        let g = Guard::new(Limits {
+            uploads_per_user: 2,
+            ..Limits::default()
+        });
+        let mut a = g.begin_upload(1, 10).unwrap();
+        let mut b = g.begin_upload(1, 10).unwrap();
+        assert!(g.begin_upload(1, 10).is_none(), "a third upload of user 1");
+        assert!(
+            g.begin_upload(2, 10).is_some(),
+            "another user of the same organisation"
+        );
+        // A quota of 100 bytes left: the two uploads share it.
+        assert!(a.reserve_to(60, 100));
+        assert!(!b.reserve_to(50, 100));
+        assert!(b.reserve_to(40, 100));
+        assert_eq!(g.reserved(10), 100);
+        drop(a);
+        assert_eq!(g.reserved(10), 40);
+        assert!(b.reserve_to(90, 100));
+        assert!(g.begin_upload(1, 10).is_some(), "a place is free again");
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::error::{FsError, FsResult};
+use super::guard::UploadSlot;
 use super::protocol::{
     self as p, Attrs, FXF_APPEND, FXF_CREAT, FXF_EXCL, FXF_READ, FXF_TRUNC, FXF_WRITE, NameEntry,
     Request, StatusCode,
@@ -42,6 +43,8 @@ struct Upload {
     reorder_bytes: usize,
     failed: Option<String>,
     quota_left: u64,
+    /// Its place among the user's uploads, and the bytes it holds against the quota.
+    slot: UploadSlot,
 }
 
 /// A closed upload with a temporary name, waiting to be renamed to its final name.
@@ -830,6 +833,16 @@ impl SftpSession {
                         "your organisation's storage quota is used up; nothing was stored".into(),
                     ));
                 }
+                let slot = self
+                    .gw
+                    .guard
+                    .begin_upload(self.who.user_id, self.who.org.id)
+                    .ok_or_else(|| {
+                        FsError::Failure(format!(
+                            "you are uploading {} files at once (limits.uploads_per_user); close some first",
+                            self.gw.config().limits.uploads_per_user
+                        ))
+                    })?;
                 let writer = self.gw.vault.begin_upload()?;
                 self.add_handle(OpenHandle::Write(Box::new(Upload {
                     folder,
@@ -840,6 +853,7 @@ impl SftpSession {
                     reorder_bytes: 0,
                     failed: None,
                     quota_left,
+                    slot,
                 })))
             }
             Node::Receipts { rel } | Node::Reports { rel } if !rel.is_empty() => {
@@ -963,7 +977,7 @@ impl SftpSession {
             Some(format!(
                 "the file is larger than the limit of {max} bytes; nothing was stored"
             ))
-        } else if end > up.quota_left {
+        } else if end > up.quota_left || !up.slot.reserve_to(end, up.quota_left) {
             Some("your organisation's storage quota is used up; nothing was stored".to_string())
         } else if offset < up.next_offset {
             Some("overlapping writes are not supported; send the file again from the start".into())
