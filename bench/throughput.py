@@ -101,9 +101,9 @@ class Apgate:
         with open(self.config, "w") as f:
             f.write(
                 f"listen: 127.0.0.1:{self.port}\ndata_dir: ./data\nkeys_dir: ./keys\n"
-                "limits: { max_file_size: 8GiB, quota_per_org: 1TiB, sessions_per_user: 512,\n"
+                "limits: { max_file_size: 8GiB, quota_per_org: 1TiB, sessions_per_user: 2000,\n"
                 "          connections_per_second: 2000, handles_per_session: 64,\n"
-                "          max_startups: 2000, max_startups_per_address: 2000 }\n"
+                "          max_startups: 2000, max_startups_per_address: 2000, uploads_per_user: 2000 }\n"
                 "log: { level: warn }\n"
             )
         self.cli("init")
