@@ -23,8 +23,6 @@ pub struct RegisterRow {
     pub end: String,
     pub course: String,
     pub upn: String,
-    pub surname: String,
-    pub forename: String,
     pub status: Status,
     pub contribution: i8,
     pub group: Option<String>,
@@ -42,6 +40,10 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<RegisterRow, String> {
     }
     let upn = r.need("upn")?.to_ascii_uppercase();
     check_upn(&upn)?;
+    // The names are for the provider's own eyes (SPEC §4.1): required, never kept; every
+    // report names the learner as the home school does.
+    r.need("surname")?;
+    r.need("forename")?;
     let status: Status = r.need("status")?.parse()?;
     if matches!(
         status,
@@ -80,8 +82,6 @@ fn parse_row(r: &super::table::Row<'_>) -> Result<RegisterRow, String> {
         end,
         course: r.need("course")?.to_string(),
         upn,
-        surname: r.need("surname")?.to_string(),
-        forename: r.need("forename")?.to_string(),
         status,
         contribution,
         group: r.get("group").map(String::from),
