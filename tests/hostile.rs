@@ -10,6 +10,29 @@ use std::time::{Duration, Instant};
 
 use common::{Gateway, askpass, wait_until};
 
+/// Runs a hostile client of `tests/clients/` as school-a-user against `g` with `args` after
+/// the port, user and key file; returns what it printed (it must succeed).
+fn hostile_client(g: &Gateway, script: &str, args: &[&str]) -> String {
+    let key = g.key_path("school-a-user");
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/clients/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&g.port.to_string(), "school-a-user", key.to_str().unwrap()])
+        .args(args)
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{script}: {text}");
+    text
+}
+
 /// Lines of the gateway's log that contain `needle`.
 fn count(g: &Gateway, needle: &str) -> usize {
     g.log().matches(needle).count()
@@ -382,28 +405,7 @@ fn a_recall_stops_a_download_under_way() {
 fn padded_out_of_order_writes_hold_no_memory() {
     let g = Gateway::start();
     let pid = g.server_pid().unwrap().to_string();
-    let key = g.key_path("school-a-user");
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/padded_writes.py"
-        ))
-        .args([
-            &g.port.to_string(),
-            "school-a-user",
-            key.to_str().unwrap(),
-            &pid,
-            "1500",
-        ])
-        .output()
-        .expect("python3 with paramiko (.ci/run installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{text}");
+    let text = hostile_client(&g, "padded_writes.py", &[&pid, "1500"]);
     let phases: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
     let rss = |i: usize| -> i64 { phases[i][2].parse().unwrap() };
     assert_eq!(
@@ -455,28 +457,7 @@ fn folders_made_in_a_session_are_bounded() {
 fn requests_that_are_never_read_end_the_session() {
     let g = Gateway::start();
     let pid = g.server_pid().unwrap().to_string();
-    let key = g.key_path("school-a-user");
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/clients/flood_requests.py"
-        ))
-        .args([
-            &g.port.to_string(),
-            "school-a-user",
-            key.to_str().unwrap(),
-            &pid,
-            "20000",
-        ])
-        .output()
-        .expect("python3 with paramiko (.ci/run installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{text}");
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = hostile_client(&g, "flood_requests.py", &[&pid, "20000"]);
     let (state, rss) = text.trim().split_once(' ').unwrap();
     assert_eq!(state, "closed", "{text}");
     assert!(rss.parse::<i64>().unwrap() < 128 * 1024, "{text}");
@@ -497,30 +478,7 @@ fn uploads_in_flight_are_bounded_and_share_the_quota() {
         "limits: { connections_per_second: 200, ban_after_failures: 50, uploads_per_user: 4, \
          quota_per_org: 1MiB, max_file_size: 1MiB }",
     );
-    let key = g.key_path("school-a-user");
-    let run = |count: &str, bytes: &str| {
-        let out = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/clients/many_uploads.py"
-            ))
-            .args([
-                &g.port.to_string(),
-                "school-a-user",
-                key.to_str().unwrap(),
-                count,
-                bytes,
-            ])
-            .output()
-            .expect("python3 with paramiko (.ci/run installs it)");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(
-            out.status.success(),
-            "{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        text
-    };
+    let run = |count: &str, bytes: &str| hostile_client(&g, "many_uploads.py", &[count, bytes]);
     // Six files opened at once: four are taken, two refused.
     let text = run("6", "1000");
     assert!(text.contains("opened 4 refused 2"), "{text}");

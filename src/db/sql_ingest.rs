@@ -1147,13 +1147,41 @@ async fn apply_referrals(
     Ok(())
 }
 
-/// A learner's home school and placements, as visibility needs them (with each placement's
-/// course), by UPN.
-async fn learner_links(
+/// A known learner's home school and placements (open or not on a day, with their courses),
+/// as visibility needs them.
+struct KnownLearner {
+    school: Option<i64>,
+    placements: Vec<PlacementLink>,
+    courses: Vec<String>,
+}
+
+impl KnownLearner {
+    /// May `v` see (and so write about) this learner (SPEC §1)?
+    fn seen_by(&self, v: Viewer<'_>) -> bool {
+        may_see_learner(
+            v,
+            LearnerLinks {
+                home_school: self.school,
+                placements: &self.placements,
+            },
+        )
+    }
+
+    /// Whether the learner has an open placement with `provider` on `course`.
+    fn open_with(&self, provider: i64, course: &str) -> bool {
+        self.placements
+            .iter()
+            .zip(&self.courses)
+            .any(|(p, c)| p.open && p.provider_org_id == provider && c == course)
+    }
+}
+
+/// The learner of a UPN with its placements as of `today`; `None` when nobody has the UPN.
+async fn known_learner(
     conn: &mut AnyConnection,
     upn: &str,
     today: chrono::NaiveDate,
-) -> anyhow::Result<Option<(Option<i64>, Vec<(PlacementLink, String)>)>> {
+) -> anyhow::Result<Option<KnownLearner>> {
     let Some((id, school)) = learner_by_upn(conn, upn).await? else {
         return Ok(None);
     };
@@ -1163,21 +1191,23 @@ async fn learner_links(
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
-    let mut placements = Vec::with_capacity(rows.len());
+    let mut learner = KnownLearner {
+        school,
+        placements: Vec::with_capacity(rows.len()),
+        courses: Vec::with_capacity(rows.len()),
+    };
     for (provider, course, start, end) in rows {
         let span = Span {
             start: stored_date(&start)?,
             end: end.as_deref().map(stored_date).transpose()?,
         };
-        placements.push((
-            PlacementLink {
-                provider_org_id: provider,
-                open: span.is_open(today),
-            },
-            course,
-        ));
+        learner.placements.push(PlacementLink {
+            provider_org_id: provider,
+            open: span.is_open(today),
+        });
+        learner.courses.push(course);
     }
-    Ok(Some((school, placements)))
+    Ok(Some(learner))
 }
 
 async fn apply_withdrawals(
@@ -1216,20 +1246,11 @@ async fn apply_withdrawals(
         };
         // The sender may see the learner, and the learner has an open placement with that
         // provider on that course; otherwise the same words, whether the UPN is known or not.
-        let links = learner_links(conn, &w.upn, day).await?;
-        let school = links.as_ref().and_then(|(school, _)| *school);
-        let allowed = links.as_ref().is_some_and(|(school, placements)| {
-            let plain: Vec<PlacementLink> = placements.iter().map(|(p, _)| *p).collect();
-            may_see_learner(
-                viewer,
-                LearnerLinks {
-                    home_school: *school,
-                    placements: &plain,
-                },
-            ) && placements.iter().any(|(p, course)| {
-                p.open && p.provider_org_id == provider_id && *course == w.course
-            })
-        });
+        let learner = known_learner(conn, &w.upn, day).await?;
+        let school = learner.as_ref().and_then(|l| l.school);
+        let allowed = learner
+            .as_ref()
+            .is_some_and(|l| l.seen_by(viewer) && l.open_with(provider_id, &w.course));
         if !allowed {
             report.reject(
                 row,
@@ -1485,17 +1506,9 @@ async fn apply_notes(
         roles: None,
     };
     for (row, n) in accepted(rows, report) {
-        let links = learner_links(conn, &n.upn, day).await?;
-        let visible = links.as_ref().is_some_and(|(school, placements)| {
-            let plain: Vec<PlacementLink> = placements.iter().map(|(p, _)| *p).collect();
-            may_see_learner(
-                viewer,
-                LearnerLinks {
-                    home_school: *school,
-                    placements: &plain,
-                },
-            )
-        });
+        let visible = known_learner(conn, &n.upn, day)
+            .await?
+            .is_some_and(|l| l.seen_by(viewer));
         if !visible {
             let why = if job.org.kind == OrgKind::Hub {
                 format!("learner {} is not known", n.upn)
