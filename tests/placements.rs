@@ -84,6 +84,8 @@ crate::on_both_backends! {
         assert!(rec.contains("row 5: REJECTED: end_date 2026-09-01 is before start_date 2026-09-07"), "{rec}");
         assert!(rec.contains("row 6: REJECTED: provider `school-a` is not a provider organisation"), "{rec}");
         assert!(g.sftp_ok("cap-user", "ls -1 /inbox/cap\n").contains("placements.csv"), "the raw file is kept");
+        let outbox = g.sftp_ok("cap-user", "ls -1 /outbox\n");
+        assert!(outbox.contains("school-a") && !outbox.lines().any(|l| l.trim().ends_with("/cap") || l.trim() == "cap"), "{outbox}");
 
         // During the placement (it ends 2026-10-16, so it is ended now): the register of a day
         // it covers is accepted (the very file refused before: a file none of whose rows were

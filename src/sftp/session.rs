@@ -664,7 +664,9 @@ impl SftpSession {
             ),
             Node::InboxRoot => dirs(&mut self.hub_inbox_senders().await?.into_iter()),
             Node::OutboxRoot if self.who.org.kind == OrgKind::Hub => {
+                // Every organisation but the hub itself (its own folder is only in /inbox).
                 let mut names = self.hub_inbox_senders().await?;
+                names.retain(|slug| *slug != self.who.org.slug);
                 names.extend(["all-schools".to_string(), "all-providers".to_string()]);
                 dirs(&mut names.into_iter())
             }
