@@ -488,3 +488,45 @@ fn uploads_in_flight_are_bounded_and_share_the_quota() {
     assert!(text.contains("opened 3 refused 0"), "{text}");
     assert!(text.contains("written 2 failed 1"), "{text}");
 }
+
+/// A failed password for a user that exists and for one that does not: the same answer, in the
+/// same time (medians of alternating attempts within 10 %), so that logins cannot be used to
+/// find user names.
+#[test]
+fn unknown_and_known_users_get_the_same_answer_in_the_same_time() {
+    let g = Gateway::start_with("limits: { connections_per_second: 200, ban_after_failures: 500 }");
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/clients/auth_timing.py",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&g.port.to_string(), "pw-user", "nobody-at-all", "9"])
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("auth_timing.py: {text}");
+    let (times, answers) = text
+        .trim()
+        .split_once(' ')
+        .map(|(a, rest)| {
+            let (b, answers) = rest.split_once(' ').unwrap();
+            (
+                (a.parse::<f64>().unwrap(), b.parse::<f64>().unwrap()),
+                answers.to_string(),
+            )
+        })
+        .unwrap();
+    let (known, unknown) = answers.split_once(" | ").unwrap();
+    assert_eq!(known, unknown, "the answers differ");
+    let (a, b) = times;
+    assert!(
+        (a - b).abs() <= 0.10 * a.max(b),
+        "known {a} ms, unknown {b} ms"
+    );
+}
