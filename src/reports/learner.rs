@@ -55,17 +55,14 @@ fn field(fields: &Value, key: &str) -> Cell {
     }
 }
 
-const CONTACTS: [&str; 9] = [
-    "contact1_name",
-    "contact1_relationship",
-    "contact1_phone",
-    "contact2_name",
-    "contact2_relationship",
-    "contact2_phone",
-    "contact3_name",
-    "contact3_relationship",
-    "contact3_phone",
-];
+/// The emergency contacts a roster may carry, in its column order.
+fn contacts() -> impl Iterator<Item = &'static str> {
+    crate::ingest::roster::COLUMNS
+        .optional
+        .iter()
+        .copied()
+        .filter(|c| c.starts_with("contact"))
+}
 
 /// `learners.csv`: the learner record with emergency contacts and the home school's contact,
 /// for a provider only the learners with an open placement with it.
@@ -101,7 +98,7 @@ pub(super) async fn learners(
         "medical_flag",
         "in_care",
     ];
-    header.extend(CONTACTS);
+    header.extend(contacts());
     header.extend(["school", "school_name", "school_email", "placements"]);
     let rows = db
         .learners(scope(v))
@@ -129,7 +126,7 @@ pub(super) async fn learners(
             ] {
                 row.push(field(&details, key));
             }
-            row.extend(CONTACTS.iter().map(|c| field(&details, c)));
+            row.extend(contacts().map(|c| field(&details, c)));
             row.extend([
                 opt(l.school),
                 opt(l.school_name),
