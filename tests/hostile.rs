@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Gateway, askpass, wait_until};
+use common::{Gateway, password_login_with, wait_until};
 
 /// Runs a hostile client of `tests/clients/` as school-a-user against `g` with `args` after
 /// the port, user and key file; returns what it printed (it must succeed).
@@ -79,40 +79,13 @@ fn exactly_auth_attempts_failed_requests_per_connection() {
     );
     g.add_password_user("pw-user", "school-a", "correct horse battery staple");
     // An OpenSSH client willing to ask for a password six times gets three answers.
-    let batch = g.path("pw-batch");
-    std::fs::write(&batch, "ls /\n").unwrap();
-    let out = Command::new("sftp")
-        .args([
-            "-o",
-            "BatchMode=no",
-            "-o",
-            "PreferredAuthentications=password",
-            "-o",
-            "PubkeyAuthentication=no",
-            "-o",
-            "NumberOfPasswordPrompts=6",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            g.path("known_hosts").display()
-        ))
-        .arg("-P")
-        .arg(g.port.to_string())
-        .arg("-b")
-        .arg(&batch)
-        .arg("pw-user@127.0.0.1")
-        .env("SSH_ASKPASS", askpass(&g, "wrong password"))
-        .env("SSH_ASKPASS_REQUIRE", "force")
-        .env("DISPLAY", ":0")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, text, _) = password_login_with(
+        &g,
+        "pw-user",
+        "wrong password",
+        &["-o", "NumberOfPasswordPrompts=6"],
+    );
+    assert!(!ok, "{text}");
     wait_until("the failures logged", Duration::from_secs(10), || {
         count(&g, "authentication failure for pw-user") >= 3
     });
@@ -124,6 +97,8 @@ fn exactly_auth_attempts_failed_requests_per_connection() {
         g.log()
     );
 
+    let batch = g.path("ls-batch");
+    std::fs::write(&batch, "ls /\n").unwrap();
     // Refused key probes count too: three unknown keys exhaust the attempts, and the right key
     // offered fourth is never tried.
     let mut args: Vec<String> = g.ssh_options();

@@ -783,7 +783,9 @@ pub fn password_login(g: &Gateway, user: &str, password: &str) -> (bool, String,
     password_login_with(g, user, password, &[])
 }
 
-/// As [`password_login`], with more `sftp` arguments (`-o BindAddress=127.0.0.2`, say).
+/// As [`password_login`], with more `sftp` arguments (`-o BindAddress=127.0.0.2`, or
+/// `-o NumberOfPasswordPrompts=6`: OpenSSH takes the first value of an option, and these come
+/// before the defaults).
 pub fn password_login_with(
     g: &Gateway,
     user: &str,
@@ -794,6 +796,7 @@ pub fn password_login_with(
     std::fs::write(&batch, "ls /\n").unwrap();
     let start = Instant::now();
     let out = Command::new("sftp")
+        .args(extra)
         .args([
             "-o",
             "BatchMode=no",
@@ -808,7 +811,6 @@ pub fn password_login_with(
             "-o",
             "LogLevel=ERROR",
         ])
-        .args(extra)
         .arg("-o")
         .arg(format!(
             "UserKnownHostsFile={}",
