@@ -256,6 +256,30 @@ crate::on_both_backends! {
         );
     }
 
+    /// Three referrals in one CSV are one message with the count, as the SMTP server receives it.
+    fn the_referrals_of_one_file_are_one_message_with_the_count() {
+        let smtp = SmtpServer::start(free_port());
+        let g = Gateway::start_with(&smtp_config(smtp.port, ""));
+        let today = chrono::Utc::now().date_naive();
+        let mut csv = String::from(
+            "tier,student.upn,student.forename,student.surname,student.date_of_birth,school.name,\
+             parent_carer.name,parent_carer.phone,safeguarding.concerns,attendance.percentage,\
+             behaviour.summary,academic.attainment,provision.requested_courses,risk_assessment.date_completed\n",
+        );
+        for n in 71..74 {
+            csv.push_str(&format!(
+                "2,{},Sam,Taylor,14/03/2011,School A,Pat,0770,None,82.5,OK,G4,MV L1,{today}\n",
+                upn(n)
+            ));
+        }
+        put(&g, "school-a-user", "referrals.csv", &csv, "/referrals");
+        let mail = wait_for_count(&smtp, 1, "the referral message");
+        let referral = one(&mail, "New referral from Org school-a");
+        assert_eq!(mail.len(), 1, "one message for the file");
+        assert!(referral.body.contains("sent 3 new referrals"), "{}", referral.body);
+        assert!(referral.to.contains("coord@cap.example.org"), "{}", referral.to);
+    }
+
     fn an_smtp_outage_delays_mail_and_loses_none() {
         let port = free_port();
         let g = Gateway::start_with(&smtp_config(port, ""));
