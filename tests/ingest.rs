@@ -549,6 +549,50 @@ crate::on_both_backends! {
         assert!(read(&g, "cap-user", "/reports/withdrawals.csv").contains("WD-"));
     }
 
+    /// A one-off bank holiday from config moves a withdrawal's deadline by a working day.
+    fn bank_holidays_from_config_move_the_withdrawal_deadline() {
+        use apgate::domain::dates::Calendar;
+        let day = |d: chrono::NaiveDate| d.format("%A %-d %B %Y").to_string();
+        let today = chrono::Utc::now().date_naive();
+        // The next working day after today (and after tomorrow, should the date turn meanwhile).
+        let plain = Calendar::default();
+        let extra: Vec<chrono::NaiveDate> = [today, today.succ_opt().unwrap()]
+            .iter()
+            .map(|d| plain.add_working_days(*d, 1))
+            .collect();
+        let g = Gateway::start_with(&format!(
+            "bank_holidays: {{ extra: [\"{}\", \"{}\"] }}",
+            extra[0], extra[1]
+        ));
+        let learner = upn(45);
+        g.enrol("school-a", &[&learner]);
+        g.place("prov-a", "MV", &[&learner]);
+        let form = format!(
+            "{{\"upn\": \"{learner}\", \"course\": \"MV\", \"provider\": \"prov-a\", \
+             \"requested_last_day\": \"2026-12-18\", \"reason\": \"College place\", \"impact_considered\": true}}"
+        );
+        assert!(put(&g, "school-a-user", "wd.json", &form, "/withdrawals").ok);
+        let names = receipts(&g, "school-a-user", "/receipts");
+        let name = names.iter().find(|n| n.ends_with("-wd.json.txt")).unwrap();
+        let receipt = read(&g, "school-a-user", &format!("/receipts/{name}"));
+        let with = Calendar {
+            extra: extra.clone(),
+            cancelled: Vec::new(),
+        };
+        let expected: Vec<String> = [today, today.succ_opt().unwrap()]
+            .iter()
+            .map(|d| day(with.add_working_days(*d, 5)))
+            .collect();
+        assert!(
+            expected.iter().any(|e| receipt.contains(&format!("process it by {e}"))),
+            "{expected:?}: {receipt}"
+        );
+        assert!(
+            !receipt.contains(&format!("process it by {}", day(plain.add_working_days(today, 5)))),
+            "the extra day was not counted: {receipt}"
+        );
+    }
+
     fn cli_ingest_and_report() {
         let g = Gateway::start();
         g.enrol("school-a", &[&upn(41)]);
