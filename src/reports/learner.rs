@@ -200,46 +200,65 @@ pub(super) async fn notes(
 ) -> anyhow::Result<String> {
     let placements = visible_placements(db, v).await?;
     let links = links_by_upn(&placements, today);
-    let mut rows: Vec<(String, String, Vec<Cell>)> = Vec::new();
+    /// A row of notes.csv, with what it is sorted by.
+    struct NoteRow {
+        upn: String,
+        at: String,
+        cells: Vec<Cell>,
+    }
+    let note_row = |upn: &str,
+                    learner: String,
+                    kind: &str,
+                    subject: String,
+                    note: String,
+                    org: &str,
+                    by: &str,
+                    at: &str| NoteRow {
+        upn: upn.to_string(),
+        at: at.to_string(),
+        cells: vec![
+            text(upn),
+            text(learner),
+            text(kind),
+            text(subject),
+            text(note),
+            text(org),
+            text(by),
+            text(at),
+        ],
+    };
+    let mut rows: Vec<NoteRow> = Vec::new();
     for m in visible_marks(db, v, true).await? {
-        let Some(note) = m.note else {
+        let Some(note) = m.note.clone() else {
             continue;
         };
-        rows.push((
-            m.upn.clone(),
-            m.created_at.clone(),
-            vec![
-                text(&m.upn),
-                text(format!("{} {}", m.forename, m.surname)),
-                text("register"),
-                text(format!("{} {} {}", m.course, m.date, m.start)),
-                text(note),
-                text(&m.provider),
-                text(""),
-                text(&m.created_at),
-            ],
+        rows.push(note_row(
+            &m.upn,
+            format!("{} {}", m.forename, m.surname),
+            "register",
+            format!("{} {} {}", m.course, m.date, m.start),
+            note,
+            &m.provider,
+            "",
+            &m.created_at,
         ));
     }
     for n in db.learner_notes(scope(v)).await? {
         if !may_see(v, &links, &n.upn, n.school_org_id) {
             continue;
         }
-        rows.push((
-            n.upn.clone(),
-            n.created_at.clone(),
-            vec![
-                text(&n.upn),
-                text(format!("{} {}", n.forename, n.surname)),
-                text("note"),
-                text(n.subject),
-                text(n.note),
-                text(n.author_org),
-                text(n.author),
-                text(&n.created_at),
-            ],
+        rows.push(note_row(
+            &n.upn,
+            format!("{} {}", n.forename, n.surname),
+            "note",
+            n.subject,
+            n.note,
+            &n.author_org,
+            &n.author,
+            &n.created_at,
         ));
     }
-    rows.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    rows.sort_by(|a, b| (&a.upn, &a.at).cmp(&(&b.upn, &b.at)));
     sheet(
         &[
             "upn",
@@ -251,7 +270,7 @@ pub(super) async fn notes(
             "written_by",
             "written_at",
         ],
-        rows.into_iter().map(|(_, _, cells)| cells),
+        rows.into_iter().map(|r| r.cells),
     )
 }
 
