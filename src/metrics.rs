@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 use crate::gateway::Gateway;
 
 pub const SESSIONS: &str = "apgate_sessions";
+pub const STARTUPS: &str = "apgate_unauthenticated_connections";
 pub const BYTES_RECEIVED: &str = "apgate_bytes_received_total";
 pub const BYTES_SENT: &str = "apgate_bytes_sent_total";
 pub const TRANSFERS_COMMITTED: &str = "apgate_transfers_committed_total";
@@ -39,6 +40,10 @@ pub fn install(gw: Arc<Gateway>, addr: SocketAddr) -> anyhow::Result<()> {
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge};
     describe_gauge!(SESSIONS, "Live SFTP sessions.");
+    describe_gauge!(
+        STARTUPS,
+        "Connections not yet authenticated (bounded by limits.max_startups)."
+    );
     describe_counter!(
         BYTES_RECEIVED,
         Unit::Bytes,
@@ -65,6 +70,7 @@ async fn sample(gw: Arc<Gateway>) {
     loop {
         tick.tick().await;
         metrics::gauge!(SESSIONS).set(gw.guard.live_sessions() as f64);
+        metrics::gauge!(STARTUPS).set(f64::from(gw.guard.startups()));
         match gw.db.bans_in_force().await {
             Ok((addresses, users)) => {
                 metrics::gauge!(BANS, "kind" => "address").set(addresses as f64);

@@ -259,7 +259,7 @@ impl Guard {
         self.lock().reserved.get(&org_id).copied().unwrap_or(0)
     }
 
-    /// Connections not yet authenticated (for tests and metrics).
+    /// Connections not yet authenticated (a metrics gauge).
     pub fn startups(&self) -> u32 {
         self.lock().startups_total
     }
