@@ -30,6 +30,7 @@ pub struct Config {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub bank_holidays: BankHolidays,
+    pub scan: crate::scan::ScanConfig,
 }
 
 /// One-off changes to the England and Wales bank holidays the rules compute (SPEC §4.4), as
@@ -226,6 +227,7 @@ impl Default for Config {
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             bank_holidays: BankHolidays::default(),
+            scan: crate::scan::ScanConfig::default(),
         }
     }
 }
@@ -383,6 +385,7 @@ impl Config {
         abs(&mut self.data_dir);
         abs(&mut self.keys_dir);
         abs(&mut self.mail.dir);
+        abs(&mut self.scan.clamd_config);
         if let Some(ca) = &mut self.mail.smtp.ca_file {
             abs(ca);
         }
@@ -503,6 +506,15 @@ impl Config {
                     ),
                 );
             }
+        }
+        if let (false, Err(e)) = (
+            self.scan.clamd.is_empty(),
+            self.scan.clamd.parse::<crate::scan::clamd::Address>(),
+        ) {
+            problem("scan.clamd", e);
+        }
+        if self.scan.timeout_s == 0 {
+            problem("scan.timeout_s", "must be greater than 0".into());
         }
         if self.banner.len() > 2000 {
             problem("banner", "at most 2000 characters".into());

@@ -21,6 +21,7 @@ pub mod mail;
 pub mod metrics;
 pub mod reports;
 pub mod retention;
+pub mod scan;
 pub mod serve;
 pub mod sftp;
 pub mod vault;

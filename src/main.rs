@@ -208,8 +208,12 @@ async fn run(cli: Cli) -> anyhow::Result<String> {
         return Ok(String::new());
     }
     if let Command::CheckConfig = cli.command {
-        Config::load(&config_path)?;
-        return Ok(format!("config OK: {}", config_path.display()));
+        let config = Config::load(&config_path)?;
+        let mut out = format!("config OK: {}", config_path.display());
+        for w in apgate::scan::warnings(&config.scan) {
+            out.push_str(&format!("\nwarning: {w}"));
+        }
+        return Ok(out);
     }
     let config = Config::load(&config_path)?;
     init_logging(Some(&config));

@@ -22,6 +22,7 @@ pub const CONNECTIONS_REFUSED: &str = "apgate_connections_refused_total";
 pub const BANS: &str = "apgate_bans";
 pub const INGEST_JOBS: &str = "apgate_ingest_jobs";
 pub const MAIL_MESSAGES: &str = "apgate_mail_messages";
+pub const SCAN_VERDICTS: &str = "apgate_scan_verdicts_total";
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
@@ -59,6 +60,10 @@ fn describe() {
     );
     describe_gauge!(BANS, "Temporary bans in force (by kind: address, user).");
     describe_gauge!(INGEST_JOBS, "Ingest jobs by state.");
+    describe_counter!(
+        SCAN_VERDICTS,
+        "Malware scan verdicts on finished uploads (clean, infected, error, off)."
+    );
     describe_gauge!(
         MAIL_MESSAGES,
         "Mail outbox messages by state (waiting, sent, dead)."

@@ -140,6 +140,24 @@ pub struct NewUpload {
     pub size: u64,
     pub sha256: String,
     pub recipients: Vec<Recipient>,
+    /// How it was scanned (SPEC §7).
+    pub scan: crate::scan::Mark,
+}
+
+/// An upload refused by the malware scan (SPEC §7): stored nowhere, recorded for the hub.
+#[derive(Debug, Clone)]
+pub struct RefusedUpload {
+    pub sender_org_id: i64,
+    pub sender_user_id: Option<i64>,
+    pub folder: String,
+    pub name: String,
+    pub recipient_role: Role,
+    pub size: u64,
+    pub sha256: String,
+    /// `malware` or `unscanned`.
+    pub reason: String,
+    /// The signature, or why the scan failed.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone)]
@@ -326,6 +344,8 @@ pub struct TransferRecord {
     pub name: String,
     pub size: u64,
     pub sha256: String,
+    /// `clean`, `unscanned` or `refused` (the hub's rows of refused uploads, with no recipient).
+    pub scan: String,
     pub downloaded_by: Option<String>,
     pub downloaded_at: Option<String>,
     pub recalled_at: Option<String>,
@@ -438,6 +458,8 @@ pub trait Database: Send + Sync {
         upload: &NewUpload,
         audit: &AuditEntry,
     ) -> anyhow::Result<CommittedUpload>;
+    /// Records a refused upload with its audit entry and, for malware, the alert (SPEC §5).
+    async fn refuse_upload(&self, up: &RefusedUpload, audit: &AuditEntry) -> anyhow::Result<()>;
     /// Visible inbox files of `org_id` addressed to one of `roles`; `folder` narrows to one
     /// inbox folder (the sender's slug for the hub).
     async fn inbox(

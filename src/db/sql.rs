@@ -586,8 +586,8 @@ impl Database for SqlDb {
         let now = now_text();
         let upload_id: i64 = sqlx::query_scalar(
             "INSERT INTO uploads (sender_org_id, sender_user_id, folder, name, recipient_role,
-                                  ingest_kind, blob, size, sha256, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+                                  ingest_kind, blob, size, sha256, created_at, scan)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING id",
         )
         .bind(up.sender_org_id)
         .bind(up.sender_user_id)
@@ -599,6 +599,7 @@ impl Database for SqlDb {
         .bind(up.size as i64)
         .bind(&up.sha256)
         .bind(&now)
+        .bind(up.scan.as_str())
         .fetch_one(&mut *tx)
         .await?;
         let mut inbox_names = Vec::with_capacity(up.recipients.len());
@@ -652,6 +653,38 @@ impl Database for SqlDb {
             outbox_name,
             inbox_names,
         })
+    }
+
+    async fn refuse_upload(&self, up: &RefusedUpload, audit: &AuditEntry) -> anyhow::Result<()> {
+        let mut tx = self.begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO refused_uploads (sender_org_id, sender_user_id, folder, name,
+                                          recipient_role, size, sha256, reason, detail, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
+        )
+        .bind(up.sender_org_id)
+        .bind(up.sender_user_id)
+        .bind(&up.folder)
+        .bind(&up.name)
+        .bind(up.recipient_role.as_str())
+        .bind(up.size as i64)
+        .bind(&up.sha256)
+        .bind(&up.reason)
+        .bind(&up.detail)
+        .bind(now_text())
+        .fetch_one(&mut *tx)
+        .await?;
+        if up.reason == "malware" {
+            let notice = crate::mail::Notice::MalwareRefused {
+                sender_org_id: up.sender_org_id,
+            };
+            super::sql_mail::insert_notice(&mut tx, None, &notice).await?;
+        }
+        let mut audit = audit.clone();
+        audit.detail = format!("refused upload {id}; {}", audit.detail);
+        append_audit(&mut tx, &audit).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn inbox(

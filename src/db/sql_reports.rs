@@ -221,7 +221,7 @@ pub(super) async fn transfers(
 ) -> anyhow::Result<Vec<TransferRecord>> {
     let rows = sqlx::query(
         "SELECT u.sender_org_id, d.recipient_org_id, u.created_at, so.slug AS sender, us.username AS sent_by, ro.slug AS recipient,
-                d.recipient_role, u.folder, u.name, u.size, u.sha256, d.downloaded_by, d.downloaded_at,
+                d.recipient_role, u.folder, u.name, u.size, u.sha256, u.scan, d.downloaded_by, d.downloaded_at,
                 d.recalled_at, u.expired_at
          FROM deliveries d JOIN uploads u ON u.id = d.upload_id
          JOIN orgs so ON so.id = u.sender_org_id
@@ -233,7 +233,8 @@ pub(super) async fn transfers(
     .bind(org_id)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
+    let mut out = rows
+        .iter()
         .map(|r| {
             Ok(TransferRecord {
                 sender_org_id: r.try_get("sender_org_id")?,
@@ -247,13 +248,52 @@ pub(super) async fn transfers(
                 name: r.try_get("name")?,
                 size: r.try_get::<i64, _>("size")? as u64,
                 sha256: r.try_get("sha256")?,
+                scan: r
+                    .try_get::<Option<String>, _>("scan")?
+                    .unwrap_or_else(|| "unscanned".into()),
                 downloaded_by: r.try_get("downloaded_by")?,
                 downloaded_at: r.try_get("downloaded_at")?,
                 recalled_at: r.try_get("recalled_at")?,
                 expired_at: r.try_get("expired_at")?,
             })
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if org_id.is_none() {
+        // Refused uploads were delivered to nobody: only the hub's report lists them.
+        let refused = sqlx::query(
+            "SELECT r.sender_org_id, (SELECT id FROM orgs WHERE kind = 'hub') AS hub_id,
+                    r.created_at, so.slug AS sender, us.username AS sent_by,
+                    r.recipient_role, r.folder, r.name, r.size, r.sha256
+             FROM refused_uploads r JOIN orgs so ON so.id = r.sender_org_id
+             LEFT JOIN users us ON us.id = r.sender_user_id ORDER BY r.id",
+        )
+        .fetch_all(&db.pool)
+        .await?;
+        for r in &refused {
+            out.push(TransferRecord {
+                sender_org_id: r.try_get("sender_org_id")?,
+                // Everything is sent to or by the hub: its users holding the role see it.
+                recipient_org_id: r.try_get("hub_id")?,
+                sent_at: r.try_get("created_at")?,
+                sender: r.try_get("sender")?,
+                sent_by: r.try_get("sent_by")?,
+                recipient: String::new(),
+                role: r.try_get("recipient_role")?,
+                folder: r.try_get("folder")?,
+                name: r.try_get("name")?,
+                size: r.try_get::<i64, _>("size")? as u64,
+                sha256: r.try_get("sha256")?,
+                scan: "refused".into(),
+                downloaded_by: None,
+                downloaded_at: None,
+                recalled_at: None,
+                expired_at: None,
+            });
+        }
+        // Stable: rows of one moment keep the order they were written in.
+        out.sort_by(|a, b| a.sent_at.cmp(&b.sent_at));
+    }
+    Ok(out)
 }
 
 pub(super) async fn referrals(

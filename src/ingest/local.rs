@@ -53,7 +53,7 @@ pub async fn ingest_file(
     let mut file = tokio::fs::File::open(path)
         .await
         .with_context(|| format!("cannot open {}", path.display()))?;
-    let mut writer = gw.vault.begin_upload()?;
+    let mut writer = gw.vault.begin_upload(gw.config().scan.stream())?;
     let mut total = 0u64;
     loop {
         let mut buf = vec![0u8; 256 * 1024];
@@ -71,6 +71,16 @@ pub async fn ingest_file(
         writer.write(Bytes::from(buf)).await?;
     }
     let sealed = writer.finish().await?;
+    let attempt = crate::scan::Attempt {
+        sender_org_id: org.id,
+        sender_user_id: None,
+        folder: kind.folder().to_string(),
+        name: name.clone(),
+        recipient_role: Role::Coordinator,
+    };
+    let audit = AuditEntry::new("upload refused", "").by(source, &org.slug, "local");
+    // A refusal is the error itself, so a drop folder can tell it from a fault.
+    let scan = crate::scan::screen(gw, &sealed, attempt, audit).await?;
     gw.vault.store(&sealed)?;
     let upload = NewUpload {
         sender_org_id: org.id,
@@ -86,14 +96,16 @@ pub async fn ingest_file(
             org_id: hub.id,
             inbox_folder: org.slug.clone(),
         }],
+        scan,
     };
     let entry = AuditEntry::new("upload", "ok")
         .by(source, &org.slug, "local")
         .detail(format!(
-            "/{}/{name}: {} bytes, sha256 {}",
+            "/{}/{name}: {} bytes, sha256 {}, {}",
             kind.folder(),
             sealed.size,
-            sealed.sha256
+            sealed.sha256,
+            scan.as_str()
         ));
     let committed = match gw.db.commit_upload(&upload, &entry).await {
         Ok(c) => c,

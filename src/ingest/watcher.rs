@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use anyhow::Context;
 use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -55,8 +56,68 @@ async fn take(gw: &Gateway, dir: &DropDir, kind: IngestKind, path: &Path) {
                 unreadable = done.unreadable.is_some(), "drop-folder file ingested"
             );
         }
-        Err(e) => tracing::error!(path = %path.display(), "drop-folder file left in place: {e:#}"),
+        Err(e) => match e.downcast_ref::<crate::scan::Refusal>() {
+            Some(crate::scan::Refusal::Malware(signature)) => {
+                match quarantine(dir, path, &e.to_string()) {
+                    Ok(to) => tracing::warn!(
+                        path = %path.display(), org = %dir.org, signature = %signature,
+                        quarantine = %to.display(), "drop-folder file refused as malware and moved to quarantine"
+                    ),
+                    Err(q) => tracing::error!(
+                        path = %path.display(), signature = %signature,
+                        "drop-folder file refused as malware but cannot be moved to quarantine: {q:#}"
+                    ),
+                }
+            }
+            // Not scanned (scan.on_error: refuse): left where it is and tried again at the
+            // next rescan.
+            _ => tracing::error!(path = %path.display(), "drop-folder file left in place: {e:#}"),
+        },
     }
+}
+
+/// Where a drop folder's refused files go: `quarantine/<drop folder's name>/` beside it, so
+/// that the watcher never takes them again and the MIS operator finds them.
+pub fn quarantine_dir(drop_dir: &Path) -> PathBuf {
+    let name = drop_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "drop".into());
+    drop_dir
+        .parent()
+        .unwrap_or(drop_dir)
+        .join("quarantine")
+        .join(name)
+}
+
+/// Moves a refused file into the quarantine folder under a name stamped with the time, with a
+/// receipt beside it that says why.
+fn quarantine(dir: &DropDir, path: &Path, why: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let qdir = quarantine_dir(&dir.path);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&qdir)
+        .with_context(|| format!("cannot create {}", qdir.display()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+    let to = qdir.join(format!("{stamp}-{name}"));
+    std::fs::rename(path, &to).with_context(|| format!("cannot move it to {}", to.display()))?;
+    let receipt = format!(
+        "{why}\n\nThe file {name} was taken from the drop folder {} of {} at {stamp} and moved \
+         here. It was not delivered, not applied and not stored by the gateway; the AP hub has \
+         been told. Have the computer that produced it checked, then delete it.\n",
+        dir.path.display(),
+        dir.org
+    );
+    let receipt_path = qdir.join(format!("{stamp}-{name}.receipt.txt"));
+    std::fs::write(&receipt_path, receipt)
+        .with_context(|| format!("cannot write {}", receipt_path.display()))?;
+    Ok(to)
 }
 
 fn scan(dir: &Path) -> Vec<PathBuf> {

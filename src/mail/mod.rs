@@ -60,6 +60,8 @@ pub enum Notice {
         sender_org_id: i64,
         recipient_org_id: i64,
     },
+    /// A file was refused by the malware scan (SPEC §7); nothing was delivered.
+    MalwareRefused { sender_org_id: i64 },
 }
 
 /// Events written before notices carried a count were about one row.
@@ -77,6 +79,7 @@ impl Notice {
             Notice::ReferralReceived { .. } => "referral_received",
             Notice::WithdrawalRequested { .. } => "withdrawal_requested",
             Notice::DslNotDownloaded { .. } => "dsl_not_downloaded",
+            Notice::MalwareRefused { .. } => "malware_refused",
         }
     }
 }
@@ -94,10 +97,14 @@ pub enum MailKind {
     DslOverdueAtHub,
     /// A file the hub sent to a school's or provider's DSL is still not downloaded.
     DslOverdueAtOrg,
+    /// A file from `about` was refused as malware: to the hub's coordinator and DSL.
+    MalwareAtHub,
+    /// A file this organisation sent was refused as malware: to its coordinator.
+    MalwareFromOrg,
 }
 
 impl MailKind {
-    pub const ALL: [MailKind; 8] = [
+    pub const ALL: [MailKind; 10] = [
         MailKind::Transfer,
         MailKind::DslTransfer,
         MailKind::Rejections,
@@ -106,6 +113,8 @@ impl MailKind {
         MailKind::Withdrawal,
         MailKind::DslOverdueAtHub,
         MailKind::DslOverdueAtOrg,
+        MailKind::MalwareAtHub,
+        MailKind::MalwareFromOrg,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -118,6 +127,8 @@ impl MailKind {
             MailKind::Withdrawal => "withdrawal",
             MailKind::DslOverdueAtHub => "dsl_overdue_at_hub",
             MailKind::DslOverdueAtOrg => "dsl_overdue_at_org",
+            MailKind::MalwareAtHub => "malware_at_hub",
+            MailKind::MalwareFromOrg => "malware_from_org",
         }
     }
 
@@ -129,7 +140,11 @@ impl MailKind {
     pub fn high_priority(self) -> bool {
         matches!(
             self,
-            MailKind::DslTransfer | MailKind::DslOverdueAtHub | MailKind::DslOverdueAtOrg
+            MailKind::DslTransfer
+                | MailKind::DslOverdueAtHub
+                | MailKind::DslOverdueAtOrg
+                | MailKind::MalwareAtHub
+                | MailKind::MalwareFromOrg
         )
     }
 
@@ -269,6 +284,34 @@ pub fn plan(notice: &Notice, hub_org_id: i64) -> Vec<Outgoing> {
                 (MailKind::DslOverdueAtOrg, *recipient_org_id)
             };
             vec![to(kind, hub_org_id, Role::Coordinator, about, 1)]
+        }
+        Notice::MalwareRefused { sender_org_id } => {
+            let mut out = vec![
+                to(
+                    MailKind::MalwareAtHub,
+                    hub_org_id,
+                    Role::Coordinator,
+                    *sender_org_id,
+                    1,
+                ),
+                to(
+                    MailKind::MalwareAtHub,
+                    hub_org_id,
+                    Role::Dsl,
+                    *sender_org_id,
+                    1,
+                ),
+            ];
+            if *sender_org_id != hub_org_id {
+                out.push(to(
+                    MailKind::MalwareFromOrg,
+                    *sender_org_id,
+                    Role::Coordinator,
+                    *sender_org_id,
+                    1,
+                ));
+            }
+            out
         }
     }
 }
@@ -413,6 +456,34 @@ pub fn render(v: &MailView) -> (String, String) {
                 v.escalate_minutes
             );
             let _ = writeln!(body, "\nWhere to look: /reports/transfers.csv");
+        }
+        MailKind::MalwareAtHub => {
+            subject = format!("ALERT: a file from {from_names} was refused as malware");
+            let _ = writeln!(
+                body,
+                "The AP gateway's malware scan found a virus in a file that {from_names} \
+                 sent. The file was refused and delivered to nobody; the sender was told. \
+                 The signature and the file's SHA-256 are in the audit log."
+            );
+            let _ = writeln!(
+                body,
+                "\nWhere to look: /reports/transfers.csv (scan: refused)"
+            );
+        }
+        MailKind::MalwareFromOrg => {
+            subject = "ALERT: a file you sent was refused as malware".to_string();
+            let _ = writeln!(
+                body,
+                "The AP gateway's malware scan found a virus in a file that {} sent. The \
+                 file was refused and delivered to nobody, and the AP hub has been told. \
+                 Please have the computer it came from checked before sending it again.",
+                v.to.name
+            );
+            let _ = writeln!(
+                body,
+                "\nWhere to look: the refusal your SFTP program showed (for a drop folder, the \
+                 receipt in the quarantine/ folder beside it) names the signature"
+            );
         }
     }
     let _ = writeln!(

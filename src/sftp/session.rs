@@ -22,6 +22,7 @@ use crate::domain::tree::{
 };
 use crate::domain::visibility::holds_role;
 use crate::gateway::{Gateway, Principal};
+use crate::scan::Mark;
 use crate::vault::{ReadAhead, SealedBlob, UploadWriter};
 
 /// Bytes of out-of-order writes held back while waiting for the gap before them.
@@ -50,6 +51,8 @@ struct Upload {
 /// A closed upload with a temporary name, waiting to be renamed to its final name.
 struct Staged {
     sealed: SealedBlob,
+    /// The malware scan's mark, decided at its CLOSE.
+    scan: Mark,
 }
 
 enum OpenHandle {
@@ -845,7 +848,7 @@ impl SftpSession {
                             self.gw.config().limits.uploads_per_user
                         ))
                     })?;
-                let writer = self.gw.vault.begin_upload()?;
+                let writer = self.gw.vault.begin_upload(self.gw.config().scan.stream())?;
                 self.add_handle(OpenHandle::Write(Box::new(Upload {
                     folder,
                     name,
@@ -1058,12 +1061,35 @@ impl SftpSession {
                 return Err(e);
             }
         };
+        // The verdict is known now, before anything is committed; a staged upload too is refused
+        // at its CLOSE, so nothing waits for a RENAME that would fail.
+        let scan = self.screen(&folder, &name, &sealed).await?;
         if is_temp_name(&name) {
             self.staged
-                .insert((folder.path.clone(), name), Staged { sealed });
+                .insert((folder.path.clone(), name), Staged { sealed, scan });
             return Ok(());
         }
-        self.commit(&folder, &name, sealed).await
+        self.commit(&folder, &name, sealed, scan).await
+    }
+
+    /// The malware scan's decision on a finished upload (SPEC §7).
+    async fn screen(
+        &self,
+        folder: &WriteFolder,
+        name: &str,
+        sealed: &SealedBlob,
+    ) -> FsResult<Mark> {
+        let attempt = crate::scan::Attempt {
+            sender_org_id: self.who.org.id,
+            sender_user_id: Some(self.who.user_id),
+            folder: folder.path.clone(),
+            name: name.to_string(),
+            recipient_role: folder.role,
+        };
+        let audit = self.who.audit("upload refused", "");
+        crate::scan::screen(&self.gw, sealed, attempt, audit)
+            .await
+            .map_err(|r| FsError::Failure(r.to_string()))
     }
 
     async fn audit_aborted(&self, folder: &WriteFolder, name: &str, why: &str) {
@@ -1077,7 +1103,13 @@ impl SftpSession {
     }
 
     /// Makes a sealed upload a transfer: routing checked again, store, then one transaction.
-    async fn commit(&self, folder: &WriteFolder, name: &str, sealed: SealedBlob) -> FsResult<()> {
+    async fn commit(
+        &self,
+        folder: &WriteFolder,
+        name: &str,
+        sealed: SealedBlob,
+        scan: Mark,
+    ) -> FsResult<()> {
         let recipients = match self.recipients(folder).await {
             Ok(r) => r,
             Err(e) => {
@@ -1113,10 +1145,14 @@ impl SftpSession {
             size: sealed.size,
             sha256: sealed.sha256.clone(),
             recipients,
+            scan,
         };
         let entry = self.who.audit("upload", "ok").detail(format!(
-            "/{}/{name}: {} bytes, sha256 {}",
-            folder.path, sealed.size, sealed.sha256
+            "/{}/{name}: {} bytes, sha256 {}, {}",
+            folder.path,
+            sealed.size,
+            sealed.sha256,
+            scan.as_str()
         ));
         match self.gw.db.commit_upload(&upload, &entry).await {
             Ok(c) => {
@@ -1251,7 +1287,8 @@ impl SftpSession {
                     self.staged.insert((folder.path.clone(), new_name), staged);
                     Ok(())
                 } else {
-                    self.commit(&folder, &new_name, staged.sealed).await
+                    self.commit(&folder, &new_name, staged.sealed, staged.scan)
+                        .await
                 }
             }
             WriteEntry::Pending { upload_id, .. } => {

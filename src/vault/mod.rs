@@ -15,6 +15,9 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::scan::Verdict;
+use crate::scan::clamd::InStream;
+
 /// Chunks queued towards the encryption thread before the uploader waits.
 const WRITE_QUEUE: usize = 16;
 const IO_BUFFER: usize = 256 * 1024;
@@ -32,6 +35,8 @@ pub struct SealedBlob {
     pub blob: String,
     pub size: u64,
     pub sha256: String,
+    /// clamd's verdict, read once the last byte was encrypted (SPEC §7).
+    pub scan: crate::scan::Verdict,
     spool_path: PathBuf,
 }
 
@@ -131,8 +136,9 @@ impl Vault {
         self.store.join(shard).join(format!("{blob}.age"))
     }
 
-    /// Starts an upload: a thread encrypts what [`UploadWriter::write`] sends.
-    pub fn begin_upload(&self) -> io::Result<UploadWriter> {
+    /// Starts an upload: a thread encrypts what [`UploadWriter::write`] sends and, with `scan`,
+    /// streams the same bytes to clamd.
+    pub fn begin_upload(&self, scan: Option<InStream>) -> io::Result<UploadWriter> {
         let blob = random_id()?;
         let spool_path = self.spool.join(format!("{blob}.age.tmp"));
         let file = fs::OpenOptions::new()
@@ -146,7 +152,7 @@ impl Vault {
         std::thread::Builder::new()
             .name("apgate-encrypt".into())
             .spawn(move || {
-                let result = encrypt_stream(&recipients, file, rx, blob, spool_path.clone());
+                let result = encrypt_stream(&recipients, file, rx, scan, blob, spool_path.clone());
                 if result.is_err() {
                     let _ = fs::remove_file(&spool_path);
                 }
@@ -321,6 +327,7 @@ fn encrypt_stream(
     recipients: &[age::x25519::Recipient],
     file: fs::File,
     mut rx: mpsc::Receiver<Chunk>,
+    mut scan: Option<InStream>,
     blob: String,
     spool_path: PathBuf,
 ) -> io::Result<SealedBlob> {
@@ -335,6 +342,9 @@ fn encrypt_stream(
                     let room = stream::CHUNK - (size % stream::CHUNK as u64) as usize;
                     let (piece, after) = rest.split_at(room.min(rest.len()));
                     hasher.update(piece);
+                    if let Some(scan) = &mut scan {
+                        scan.feed(piece);
+                    }
                     out.write_all(piece)?;
                     size += piece.len() as u64;
                     rest = after;
@@ -344,11 +354,16 @@ fn encrypt_stream(
             None => return Err(io::Error::other("upload abandoned")),
         }
     }
+    // clamd scans while the file is synced.
+    if let Some(scan) = &mut scan {
+        scan.end();
+    }
     out.finish()?.finish()?;
     Ok(SealedBlob {
         blob,
         size,
         sha256: hex::encode(hasher.finalize()),
+        scan: scan.map_or(Verdict::NotScanned, InStream::verdict),
         spool_path,
     })
 }
@@ -569,7 +584,7 @@ mod tests {
     use super::*;
 
     async fn stored(vault: &Vault, content: &[u8]) -> SealedBlob {
-        let mut w = vault.begin_upload().unwrap();
+        let mut w = vault.begin_upload(None).unwrap();
         for chunk in content.chunks(100_000) {
             w.write(Bytes::copy_from_slice(chunk)).await.unwrap();
         }
