@@ -13,24 +13,7 @@ use common::{Gateway, password_login_with, wait_until};
 /// Runs a hostile client of `tests/clients/` as school-a-user against `g` with `args` after
 /// the port, user and key file; returns what it printed (it must succeed).
 fn hostile_client(g: &Gateway, script: &str, args: &[&str]) -> String {
-    let key = g.key_path("school-a-user");
-    let out = Command::new("python3")
-        .arg(format!(
-            "{}/tests/clients/{script}",
-            env!("CARGO_MANIFEST_DIR")
-        ))
-        .args([&g.port.to_string(), "school-a-user", key.to_str().unwrap()])
-        .args(args)
-        .output()
-        .expect("python3 with paramiko (.ci/run installs it)");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{script}: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{script}: {text}");
-    text
+    common::python_client(g, "school-a-user", script, args)
 }
 
 /// Lines of the gateway's log that contain `needle`.

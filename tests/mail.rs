@@ -5,14 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, Mail, SmtpServer, free_port, upn, wait_until};
-
-fn smtp_config(port: u16, extra: &str) -> String {
-    format!(
-        "mail: {{ transport: smtp, smtp: {{ host: 127.0.0.1, port: {port}, tls: none }}, \
-         group_seconds: 2, retry_seconds: 1{extra} }}\n"
-    )
-}
+use common::{Gateway, Mail, SmtpServer, free_port, smtp_config, upn, wait_until};
 
 fn put(g: &Gateway, user: &str, name: &str, content: &str, folder: &str) {
     let f = g.file(name, content.as_bytes());

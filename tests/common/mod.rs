@@ -713,6 +713,154 @@ impl Gateway {
 }
 
 /// A valid UPN for a number: the check letter is found by trying each.
+/// Runs a Python client of `tests/clients/` (paramiko) as `user` against `g` with `args` after
+/// the port, user and key file; returns what it printed (it must succeed).
+pub fn python_client(g: &Gateway, user: &str, script: &str, args: &[&str]) -> String {
+    let key = g.key_path(user);
+    let out = Command::new("python3")
+        .arg(format!(
+            "{}/tests/clients/{script}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .args([&g.port.to_string(), user, key.to_str().expect("key path")])
+        .args(args)
+        .output()
+        .expect("python3 with paramiko (.ci/run installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{script}: {text}");
+    text
+}
+
+/// The standard EICAR anti-virus test file, put together here so that no file of the
+/// repository is one.
+pub fn eicar() -> Vec<u8> {
+    let (a, b) = (
+        r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR",
+        "-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*",
+    );
+    [a.as_bytes(), b.as_bytes()].concat()
+}
+
+/// A real clamd (Debian's clamav-daemon) of the test's own: its database is one body signature
+/// for the EICAR file (clamd cannot download signatures here), its socket and its
+/// `TemporaryDirectory` in a folder on a tmpfs (`/dev/shm`), as SPEC §7 asks of an operator.
+pub struct Clamd {
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+impl Clamd {
+    pub fn start() -> Clamd {
+        Self::start_with("")
+    }
+
+    /// With more lines of clamd.conf (`StreamMaxLength 1M`, say).
+    pub fn start_with(extra_conf: &str) -> Clamd {
+        let dir = tempfile::Builder::new()
+            .prefix("apgate-clamd-")
+            .tempdir_in("/dev/shm")
+            .expect("a temp folder on the /dev/shm tmpfs");
+        let db = dir.path().join("db");
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&db).expect("clamd db folder");
+        std::fs::create_dir_all(&tmp).expect("clamd temp folder");
+        std::fs::write(
+            db.join("apgate-test.ndb"),
+            format!("Eicar-Test-Signature:0:*:{}\n", hex(&eicar())),
+        )
+        .expect("test signature");
+        let socket = dir.path().join("clamd.sock");
+        let conf = dir.path().join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "LocalSocket {}\nDatabaseDirectory {}\nTemporaryDirectory {}\nForeground yes\n\
+                 LogFile {}\nBytecode no\n{}{extra_conf}\n",
+                socket.display(),
+                db.display(),
+                tmp.display(),
+                dir.path().join("clamd.log").display(),
+                if extra_conf.contains("StreamMaxLength") {
+                    ""
+                } else {
+                    "StreamMaxLength 64M\n"
+                }
+            ),
+        )
+        .expect("clamd.conf");
+        let mut c = Clamd {
+            dir,
+            conf,
+            socket,
+            child: None,
+        };
+        c.up();
+        c
+    }
+
+    /// Starts (again) with the same config and socket.
+    pub fn up(&mut self) {
+        let bin = ["/usr/sbin/clamd", "/usr/bin/clamd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("clamd (Debian's clamav-daemon; .ci/run installs it)");
+        let child = Command::new(bin)
+            .arg(format!("--config-file={}", self.conf.display()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start clamd");
+        self.child = Some(child);
+        wait_until("clamd to answer PING", Duration::from_secs(60), || {
+            use std::io::{Read, Write};
+            let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.socket) else {
+                return false;
+            };
+            let mut answer = [0u8; 5];
+            s.write_all(b"zPING\0").is_ok()
+                && s.read_exact(&mut answer).is_ok()
+                && &answer == b"PONG\0"
+        });
+    }
+
+    pub fn down(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The `scan:` config section for a gateway using this clamd.
+    pub fn config(&self, on_error: &str) -> String {
+        format!(
+            "scan: {{ clamd: \"unix:{}\", on_error: {on_error}, clamd_config: \"{}\", timeout_s: 20 }}\n",
+            self.socket.display(),
+            self.conf.display()
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("clamd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Clamd {
+    fn drop(&mut self) {
+        self.down();
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 pub fn upn(n: u32) -> String {
     let body = format!("801200{n:06}");
     "ABCDEFGHJKLMNPQRTUVWXYZ"
@@ -836,6 +984,15 @@ pub fn password_login_with(
 }
 
 /// A real SMTP server on 127.0.0.1 (Python's aiosmtpd) that stores what it receives in a maildir.
+/// The `mail:` config section for a gateway sending to a test SMTP server on `port`; `extra`
+/// is more keys, each after a comma.
+pub fn smtp_config(port: u16, extra: &str) -> String {
+    format!(
+        "mail: {{ transport: smtp, smtp: {{ host: 127.0.0.1, port: {port}, tls: none }}, \
+         group_seconds: 2, retry_seconds: 1{extra} }}\n"
+    )
+}
+
 pub struct SmtpServer {
     pub port: u16,
     maildir: tempfile::TempDir,
