@@ -139,7 +139,7 @@ crate::on_both_backends! {
             hex::encode(sha2::Sha256::digest(b))
         };
         assert_eq!(audit.lines().count(), 4, "{audit}");
-        assert!(audit.contains(&format!("school-a-user malware")), "{audit}");
+        assert!(audit.contains("school-a-user malware"), "{audit}");
         assert!(audit.contains(&sha(&eicar())), "{audit}");
         assert!(audit.contains(&sha(&padded)), "{audit}");
         assert!(audit.contains(&format!("signature: {SIGNATURE}")), "{audit}");
