@@ -14,7 +14,12 @@ page allocation is the bottleneck of both servers and varies twofold from run to
 the servers. `--download-to file` measures that way. Either way, one untimed apgate download per
 cipher is written to a file and compared with the source.
 
-    python3 bench/throughput.py [--size-mib 1024] [--runs 3] [--sessions 200] [--download-to null]
+    python3 bench/throughput.py [--size-mib 1024] [--runs 3] [--sessions 200] [--download-to null] [--scan]
+
+With `--scan`, a clamd of the benchmark's own (Debian's clamav-daemon; one test signature, as
+no signature database can be downloaded here; its TemporaryDirectory on --tmp) scans every apgate
+upload (`scan.clamd`), and `clamdscan --stream` of the same file gives clamd's own speed: the
+ceiling for an upload that is scanned as it arrives.
 
 Needs: cargo, OpenSSH client and server (/usr/sbin/sshd), ssh-keygen. Not part of the test suite.
 """
@@ -91,8 +96,55 @@ def sftp(port, key, user, cipher, batch_text, work, extra=()):
     return elapsed
 
 
+class Clamd:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "clamd")
+        os.makedirs(os.path.join(self.dir, "db"))
+        os.makedirs(os.path.join(self.dir, "tmp"))
+        # The EICAR file, as a body signature (its hex here, so no file of the repo is one).
+        eicar = (b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR" + b"-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*")
+        with open(os.path.join(self.dir, "db", "bench.ndb"), "w") as f:
+            f.write(f"Eicar-Test-Signature:0:*:{eicar.hex()}\n")
+        self.socket = os.path.join(self.dir, "clamd.sock")
+        self.conf = os.path.join(self.dir, "clamd.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"LocalSocket {self.socket}\nDatabaseDirectory {self.dir}/db\n"
+                    f"TemporaryDirectory {self.dir}/tmp\nForeground yes\nBytecode no\n"
+                    "StreamMaxLength 4000M\nMaxFileSize 4000M\nMaxScanSize 4000M\n")
+        self.proc = subprocess.Popen(["/usr/sbin/clamd", f"--config-file={self.conf}"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.connect(self.socket)
+                    s.sendall(b"zPING\0")
+                    if s.recv(5) == b"PONG\0":
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                sys.exit("clamd did not start")
+            time.sleep(0.2)
+
+    def scan_seconds(self, path):
+        start = time.monotonic()
+        r = subprocess.run(["clamdscan", f"--config-file={self.conf}", "--stream", "--no-summary", path],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"clamdscan failed: {r.stdout}{r.stderr}")
+        return time.monotonic() - start
+
+    def cpu(self):
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
 class Apgate:
-    def __init__(self, work, binary):
+    def __init__(self, work, binary, clamd=None):
         self.dir = os.path.join(work, "apgate")
         os.makedirs(os.path.join(self.dir, "clients"))
         self.port = free_port()
@@ -106,6 +158,8 @@ class Apgate:
                 "          max_startups: 2000, max_startups_per_address: 2000, uploads_per_user: 2000 }\n"
                 "log: { level: warn }\n"
             )
+            if clamd:
+                f.write(f'scan: {{ clamd: "unix:{clamd.socket}", on_error: refuse, timeout_s: 600 }}\n')
         self.cli("init")
         for slug, kind in [("cap", "hub"), ("school-a", "school")]:
             self.cli("org", "add", "--kind", kind, "--slug", slug, "--name", slug)
@@ -197,6 +251,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--ciphers", default=",".join(CIPHERS), help="comma-separated OpenSSH cipher names")
+    ap.add_argument("--scan", action="store_true",
+                    help="scan apgate's uploads with a clamd of the benchmark's own, and time clamdscan --stream")
     ap.add_argument("--download-to", choices=["null", "file"], default="null",
                     help="where the client writes downloads: /dev/null, or a file on --tmp")
     args = ap.parse_args()
@@ -214,7 +270,8 @@ def main():
     sink = "/dev/null" if args.download_to == "null" else back
     source_sha = sha256_of(src)
 
-    ag, ssh = Apgate(work, binary), OpenSSH(work)
+    clamd = Clamd(work) if args.scan else None
+    ag, ssh = Apgate(work, binary, clamd), OpenSSH(work)
     print(f"file {args.size_mib} MiB on {args.tmp or 'the default temp dir'}; median of {args.runs} runs; "
           f"downloads to {sink}; "
           f"OpenSSH client: {subprocess.run(['ssh', '-V'], capture_output=True, text=True).stderr.strip()}")
@@ -249,6 +306,16 @@ def main():
         ag.drop_stored()
         if os.path.exists(back):
             os.remove(back)
+        if clamd:
+            runs = []
+            for _ in range(args.runs):
+                before = clamd.cpu()
+                seconds = clamd.scan_seconds(src)
+                runs.append((size / seconds / 1e6, (clamd.cpu() - before) / (size / 2**30)))
+            print(f"clamdscan --stream of the same file (clamd's own speed, the ceiling): "
+                  f"{statistics.median(r[0] for r in runs):.0f} MB/s, clamd CPU "
+                  f"{statistics.median(r[1] for r in runs):.2f} s/GiB; runs "
+                  f"{' '.join(f'{r[0]:.0f}' for r in runs)}; apgate uploads below are scanned")
 
         print(f"{'cipher':32} {'dir':5} {'OpenSSH MB/s':>12} {'apgate MB/s':>12} {'ratio':>6} "
               f"{'sshd CPU s/GiB':>15} {'apgate CPU s/GiB':>17} {'client CPU s/GiB (OpenSSH, apgate)':>35}")
@@ -298,6 +365,8 @@ def main():
     finally:
         ag.stop()
         ssh.stop()
+        if clamd:
+            clamd.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

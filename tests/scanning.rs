@@ -90,6 +90,15 @@ crate::on_both_backends! {
             format!("ERROR: refused: malware detected ({SIGNATURE}); nothing was delivered")
         );
 
+        // pysftp's way: paramiko ignores the failed CLOSE, but its confirming stat finds nothing.
+        let said = python_client(
+            &g,
+            "school-a-user",
+            "put_file.py",
+            &[virus.to_str().unwrap(), "/outbox/coordinator/letter2.docx", "put"],
+        );
+        assert!(said.starts_with("ERROR:"), "{said}");
+
         let mut padded = noise(5 << 20, 1);
         padded.extend(eicar());
         padded.extend(noise(4096, 2));
@@ -138,7 +147,7 @@ crate::on_both_backends! {
             use sha2::Digest;
             hex::encode(sha2::Sha256::digest(b))
         };
-        assert_eq!(audit.lines().count(), 4, "{audit}");
+        assert_eq!(audit.lines().count(), 5, "{audit}");
         assert!(audit.contains("school-a-user malware"), "{audit}");
         assert!(audit.contains(&sha(&eicar())), "{audit}");
         assert!(audit.contains(&sha(&padded)), "{audit}");
@@ -146,7 +155,7 @@ crate::on_both_backends! {
 
         let hub_rows = report_rows(&g, "cap-user", "transfers.csv");
         let refused: Vec<_> = hub_rows.iter().filter(|r| r["scan"] == "refused").collect();
-        assert_eq!(refused.len(), 4, "{hub_rows:?}");
+        assert_eq!(refused.len(), 5, "{hub_rows:?}");
         assert!(refused.iter().all(|r| r["to"].is_empty()));
         assert!(refused.iter().any(|r| r["from"] == "prov-a" && r["name"] == "plan.pdf.filepart"));
         let delivered: Vec<_> = hub_rows.iter().filter(|r| r["scan"] != "refused").collect();
@@ -156,14 +165,14 @@ crate::on_both_backends! {
         assert_eq!(school_rows.len(), 1, "a sender sees only what was delivered: {school_rows:?}");
         assert_eq!(school_rows[0]["scan"], "clean");
 
-        // Four refusals: the hub's coordinator and DSL each hear of every one, the school's
-        // coordinator of its two and the provider's of its two; and one transfer message.
+        // Five refusals: the hub's coordinator and DSL each hear of every one, the school's
+        // coordinator of its three and the provider's of its two; and one transfer message.
         wait_until("the alerts", Duration::from_secs(60), || {
             smtp.messages()
                 .iter()
                 .filter(|m| m.subject.contains("refused as malware"))
                 .count()
-                >= 12
+                >= 15
         });
         let mail = smtp.messages();
         let alerts: Vec<_> = mail
@@ -171,9 +180,9 @@ crate::on_both_backends! {
             .filter(|m| m.subject.contains("refused as malware"))
             .collect();
         let to = |addr: &str| alerts.iter().filter(|m| m.to.contains(addr)).count();
-        assert_eq!(to("coord@cap.example.org"), 4);
-        assert_eq!(to("dsl@cap.example.org"), 4);
-        assert_eq!(to("coord@school-a.example.org"), 2);
+        assert_eq!(to("coord@cap.example.org"), 5);
+        assert_eq!(to("dsl@cap.example.org"), 5);
+        assert_eq!(to("coord@school-a.example.org"), 3);
         assert_eq!(to("coord@prov-a.example.org"), 2);
         assert_eq!(to("dsl@school-a.example.org"), 0);
         for m in &alerts {
