@@ -15,6 +15,8 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod domain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod ingest;
 pub mod mail;

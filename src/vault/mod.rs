@@ -3,7 +3,7 @@
 //! to `spool/` and renamed into `store/` only when it is committed.
 
 pub mod keys;
-mod stream;
+pub(crate) mod stream;
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
