@@ -11,8 +11,11 @@ use crate::domain::org::OrgKind;
 use crate::domain::tree::{IngestKind, classify, display_path, normalize};
 use crate::ingest::{Batch, parse_file, table};
 
+/// A fuzz target: any bytes in, a panic when something that must hold does not.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("sftp_request", sftp_request),
     ("tree_path", tree_path),
     ("ingest_file", ingest_file),
