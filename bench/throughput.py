@@ -4,8 +4,9 @@
 Both servers run on 127.0.0.1 with their files on tmpfs; the same OpenSSH `sftp` client moves the
 same file with the same cipher. apgate encrypts at rest with age, sshd stores plaintext. For each
 cipher and direction: median MB/s of N runs, server CPU seconds per GiB, the client's (sftp + ssh)
-CPU seconds per GiB, and the ratio apgate/OpenSSH. Then 200 concurrent sessions each upload
-100 KiB: wall time and apgate's peak RSS.
+CPU seconds per GiB, and the ratio apgate/OpenSSH. First, 200 concurrent sessions each upload
+100 KiB: wall time, apgate's peak RSS, and the peak summed PSS of sshd with all its children
+(sampled every 0.2 s).
 
 Before timing, each server takes one untimed upload and download, so neither pays for the first
 touch of fresh tmpfs memory in its first timed run. Downloads are written by the client to
@@ -68,6 +69,58 @@ def cpu_seconds(pid, children=False):
     if children:
         ticks += int(fields[13]) + int(fields[14])
     return ticks / CLK
+
+
+def descendants(pid):
+    """pid and every process below it."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def summed_pss_mib(pid):
+    """Proportional set size of pid and its descendants (shared pages counted once in all)."""
+    total = 0
+    for p in descendants(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total / 1024
+
+
+class PeakPss:
+    """Samples the summed PSS of a process tree every 0.2 s while in a `with` block."""
+
+    def __init__(self, pid):
+        self.pid, self.peak, self.stop = pid, 0.0, False
+
+    def __enter__(self):
+        import threading
+
+        def run():
+            while not self.stop:
+                self.peak = max(self.peak, summed_pss_mib(self.pid))
+                time.sleep(0.2)
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop = True
+        self.thread.join()
 
 
 def peak_rss_mib(pid):
@@ -285,15 +338,17 @@ def main():
             def one(i, port, key, user, dest):
                 return sftp(port, key, user, CIPHERS[0], f"put {small} {dest}/s-{i}.bin\n", work)
 
-            for label, port, key, user, dest in [
-                ("OpenSSH", ssh.port, ssh.key, ssh.user, os.path.join(ssh.dir, "files")),
-                ("apgate", ag.port, ag.key("school-a"), "school-a-user", "/outbox/coordinator"),
+            for label, port, key, user, dest, pid in [
+                ("OpenSSH", ssh.port, ssh.key, ssh.user, os.path.join(ssh.dir, "files"), ssh.proc.pid),
+                ("apgate", ag.port, ag.key("school-a"), "school-a-user", "/outbox/coordinator", ag.proc.pid),
             ]:
                 start = time.monotonic()
-                with ThreadPoolExecutor(max_workers=args.sessions) as pool:
+                with PeakPss(pid) as pss, ThreadPoolExecutor(max_workers=args.sessions) as pool:
                     list(pool.map(lambda i: one(i, port, key, user, dest), range(args.sessions)))
                 wall = time.monotonic() - start
-                extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB" if label == "apgate" else ""
+                extra = f", peak summed PSS {pss.peak:.0f} MiB (sshd and its children)" if label == "OpenSSH" else ""
+                if label == "apgate":
+                    extra = f", apgate peak RSS {peak_rss_mib(ag.proc.pid):.0f} MiB (peak PSS sampled {pss.peak:.0f} MiB)"
                 print(f"{args.sessions} concurrent sessions x 100 KiB to {label}: all succeeded in {wall:.2f} s{extra}")
         # Warm-up: one untimed upload and download through each server.
         warm = CIPHERS[0]

@@ -15,12 +15,61 @@ use crate::ingest::{Batch, parse_file, table};
 pub type Target = fn(&[u8]);
 
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: [(&str, Target); 4] = [
+pub const TARGETS: [(&str, Target); 5] = [
+    ("sftp_stream", sftp_stream),
     ("sftp_request", sftp_request),
     ("tree_path", tree_path),
     ("ingest_file", ingest_file),
     ("age_open", age_open),
 ];
+
+/// The byte stream of an SFTP channel (the first byte sets the size of the pieces it arrives
+/// in): the framer gives exactly the length-prefixed bodies a plain reading of the stream gives,
+/// whatever the pieces, and fails exactly where a length is 0 or over the limit.
+pub fn sftp_stream(data: &[u8]) {
+    use crate::sftp::protocol::{Framer, MAX_PACKET};
+    let Some((&step, stream)) = data.split_first() else {
+        return;
+    };
+    let mut expected: Vec<&[u8]> = Vec::new();
+    let mut rest = stream;
+    let mut bad = false;
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        if len == 0 || len > MAX_PACKET {
+            bad = true;
+            break;
+        }
+        let Some(body) = rest.get(4..4 + len as usize) else {
+            break;
+        };
+        expected.push(body);
+        rest = &rest[4 + len as usize..];
+    }
+    let mut framer = Framer::default();
+    let mut got: Vec<Bytes> = Vec::new();
+    let mut failed = false;
+    for piece in stream.chunks(1 + step as usize) {
+        if framer
+            .push(piece, |p| {
+                got.push(p);
+                true
+            })
+            .is_err()
+        {
+            failed = true;
+            break;
+        }
+    }
+    assert_eq!(failed, bad, "the framer fails exactly at a bad length");
+    assert_eq!(got.len(), expected.len());
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(&g[..], *e);
+    }
+    for p in got {
+        let _ = crate::sftp::protocol::parse_request(p);
+    }
+}
 
 /// An SFTP packet body after the framer: the request parser and the INIT parser.
 pub fn sftp_request(data: &[u8]) {
