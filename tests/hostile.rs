@@ -488,3 +488,102 @@ fn unknown_and_known_users_get_the_same_answer_in_the_same_time() {
         "known {a} ms, unknown {b} ms"
     );
 }
+
+/// The resident memory of the gateway process, in KiB.
+fn server_rss_kib(g: &Gateway) -> i64 {
+    let pid = g.server_pid().expect("a running gateway");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Twenty-eight malformed or hostile SFTP packets, each on a session of its own, then one
+/// request before INIT and 5,000 opens on one session: each gets a status or ends its session
+/// (never a crash), a fresh session and the real `sftp` work afterwards, and the server's
+/// memory stays bounded.
+#[test]
+fn malformed_sftp_packets_get_a_status_or_end_the_session() {
+    let g = Gateway::start();
+    let notice = g.file("notice.pdf", &common::noise(100_000, 5));
+    g.sftp_ok(
+        "cap-user",
+        &format!(
+            "put {} /outbox/school-a/coordinator/notice.pdf\n",
+            notice.display()
+        ),
+    );
+    let before = server_rss_kib(&g);
+    let out = hostile_client(
+        &g,
+        "malformed_packets.py",
+        &["/inbox/notice.pdf", "/outbox/coordinator"],
+    );
+    let said = |case: &str| -> String {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("{case}: ")))
+            .unwrap_or_else(|| panic!("no line for {case} in {out}"))
+            .to_string()
+    };
+    // A bad length cannot be framed: the session ends.
+    for case in [
+        "length 0",
+        "length 2^32-1",
+        "length 1 GiB announced",
+        "length over 256 KiB",
+        "request before INIT",
+    ] {
+        assert_eq!(said(case), "closed", "{case}");
+    }
+    // A packet that frames but does not parse: SSH_FX_BAD_MESSAGE, and the session goes on.
+    for case in [
+        "type byte only",
+        "id cut short",
+        "string longer than its packet",
+        "string length 2^32-1",
+        "attrs with 2^32-1 extensions",
+        "trailing bytes after a CLOSE",
+        "rename without its second path",
+        "write data longer than its packet",
+    ] {
+        assert_eq!(said(case), "status 5", "{case}");
+    }
+    // The rest are well formed but wrong: a status, never data.
+    for case in [
+        "INIT twice",
+        "VERSION from the client",
+        "unknown type 0",
+        "unknown type 255",
+        "unknown extension",
+        "realpath of 64 KiB",
+        "open with every flag",
+        "close of a never-issued handle",
+        "read with a 200 KB handle",
+        "read at offset 2^64-1",
+        "write at offset 2^64-100",
+        "read on a closed handle",
+        "readdir on a file handle",
+        "read on a folder handle",
+        "write on a read handle",
+    ] {
+        assert!(said(case).starts_with("status "), "{case}: {}", said(case));
+    }
+    assert_eq!(said("read at offset 2^64-1"), "status 1", "end of file");
+    assert_eq!(
+        said("read of 2^32-1 bytes"),
+        "data",
+        "a read is capped, not refused"
+    );
+    let opens = said("5000 opens");
+    assert!(
+        opens.contains("handle x64") && opens.contains("status 4 x4936"),
+        "limits.handles_per_session: {opens}"
+    );
+    assert_eq!(said("fresh"), "ok");
+    g.sftp_ok("school-a-user", "ls /inbox\n");
+    let grown = server_rss_kib(&g) - before;
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
+    eprintln!("RSS grew by {grown} KiB over the malformed packets");
+}
