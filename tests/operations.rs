@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Gateway, password_login};
+use common::{Gateway, password_login, scrape, series};
 
 #[test]
 fn check_config_names_the_key() {
@@ -299,25 +299,6 @@ fn sighup_reloads_banner_without_dropping_sessions() {
     let out = live.wait_with_output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("inbox"));
-}
-
-/// `GET /metrics` over a real socket.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// The value of one series (`name{labels}`), or None when absent.
-fn series(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 crate::on_both_backends! {

@@ -204,7 +204,11 @@ crate::on_both_backends! {
 #[test]
 fn clamd_down_or_over_its_limit_follows_on_error() {
     let mut clamd = Clamd::start_with("StreamMaxLength 2M");
-    let g = Gateway::start_with(&clamd.config("refuse"));
+    let metrics = free_port();
+    let g = Gateway::start_with(&format!(
+        "{}metrics: {{ listen: \"127.0.0.1:{metrics}\" }}\n",
+        clamd.config("refuse")
+    ));
     let doc = g.file("minutes.docx", b"minutes of the review meeting\n");
     let big = g.file("video.mp4", &noise(3 << 20, 3));
 
@@ -383,4 +387,67 @@ fn check_config_warns_about_clamd() {
     clamd.down();
     let out = g.cli_ok(&["check-config"]);
     assert!(out.contains("does not answer"), "{out}");
+}
+
+/// clamd on a TCP address finds the test file too; a "clamd" that takes the connection and
+/// never reads or answers fails the upload after `scan.timeout_s`, whether the file fits in the
+/// socket's buffer (no answer) or not (the write times out).
+#[test]
+fn clamd_over_tcp_and_a_clamd_that_never_answers() {
+    let port = free_port();
+    let clamd = Clamd::start_with(&format!("TCPSocket {port}\nTCPAddr 127.0.0.1"));
+    let g = Gateway::start_with(&format!(
+        "scan: {{ clamd: \"tcp:127.0.0.1:{port}\", timeout_s: 20 }}\n"
+    ));
+    let virus = g.file("letter.docx", &eicar());
+    let said = put_with_paramiko(
+        &g,
+        "school-a-user",
+        &virus,
+        "/outbox/coordinator/letter.docx",
+    );
+    assert!(
+        said.contains(&format!("malware detected ({SIGNATURE})")),
+        "{said}"
+    );
+    let clean = g.file("clean.docx", b"a clean letter");
+    let said = put_with_paramiko(
+        &g,
+        "school-a-user",
+        &clean,
+        "/outbox/coordinator/clean.docx",
+    );
+    assert_eq!(said.trim(), "OK");
+    drop(clamd);
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    let g = Gateway::start_with(&format!(
+        "scan: {{ clamd: \"unix:{}\", timeout_s: 2 }}\n",
+        socket.display()
+    ));
+    let small = g.file("small.docx", b"a letter");
+    let big = g.file("big.bin", &noise(8 << 20, 9));
+    for (file, name) in [(&small, "small.docx"), (&big, "big.bin")] {
+        let started = std::time::Instant::now();
+        let said = put_with_paramiko(
+            &g,
+            "school-a-user",
+            file,
+            &format!("/outbox/coordinator/{name}"),
+        );
+        assert!(said.contains("try again later"), "{name}: {said}");
+        assert!(started.elapsed() < Duration::from_secs(30), "{name}");
+    }
+    let log = g.log();
+    assert!(log.contains("clamd gave no answer within 2 s"), "{log}");
+    assert!(log.contains("failed while sending"), "{log}");
+    assert!(listing(&g, "cap-user", "/inbox/school-a").is_empty());
 }

@@ -984,6 +984,25 @@ pub fn password_login_with(
 }
 
 /// A real SMTP server on 127.0.0.1 (Python's aiosmtpd) that stores what it receives in a maildir.
+/// `GET /metrics` over a real socket.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics endpoint");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read the answer");
+    out
+}
+
+/// The value of one series (`name{labels}`), or None when absent.
+pub fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 /// The `mail:` config section for a gateway sending to a test SMTP server on `port`; `extra`
 /// is more keys, each after a comma.
 pub fn smtp_config(port: u16, extra: &str) -> String {
