@@ -1,28 +1,31 @@
 //! The encrypted-at-rest store (SPEC §7). Every file is a standard age file, encrypted on a
-//! thread of its own while it streams in; plaintext never reaches the disk. An upload is written
+//! small pool of threads while it streams in; plaintext never reaches the disk. An upload is written
 //! to `spool/` and renamed into `store/` only when it is committed.
 
 pub mod keys;
 pub(crate) mod stream;
+mod upload;
+
+pub use upload::{UploadPool, UploadWriter};
 
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
 
-use crate::scan::Verdict;
+use tokio::sync::mpsc;
+
 use crate::scan::clamd::InStream;
 
-/// Chunks queued towards the encryption thread before the uploader waits.
-const WRITE_QUEUE: usize = 16;
 const IO_BUFFER: usize = 256 * 1024;
 
 pub struct Vault {
+    /// The threads that encrypt every upload.
+    pool: Arc<UploadPool>,
     store: PathBuf,
     spool: PathBuf,
     recipients: Vec<age::x25519::Recipient>,
@@ -38,55 +41,6 @@ pub struct SealedBlob {
     /// clamd's verdict, read once the last byte was encrypted (SPEC §7).
     pub scan: crate::scan::Verdict,
     spool_path: PathBuf,
-}
-
-enum Chunk {
-    Data(Bytes),
-    Finish,
-}
-
-/// The writing end of an upload. Dropping it without [`UploadWriter::finish`] discards the file.
-/// After a failed write, only [`UploadWriter::abort`] is of use.
-pub struct UploadWriter {
-    tx: mpsc::Sender<Chunk>,
-    /// The thread's outcome, until it has been read once.
-    done: Option<oneshot::Receiver<io::Result<SealedBlob>>>,
-}
-
-impl UploadWriter {
-    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
-        if self.tx.send(Chunk::Data(data)).await.is_err() {
-            // The thread stopped: its error is waiting in `done`.
-            return Err(self.outcome().await.err().unwrap_or_else(stopped));
-        }
-        Ok(())
-    }
-
-    async fn outcome(&mut self) -> io::Result<SealedBlob> {
-        match self.done.take() {
-            Some(done) => done.await.unwrap_or_else(|_| Err(stopped())),
-            None => Err(io::Error::other("the upload has already failed")),
-        }
-    }
-
-    /// Discards the upload and returns once its spool file is gone.
-    pub async fn abort(self) {
-        let UploadWriter { tx, done } = self;
-        drop(tx);
-        // The thread removes the file before it reports.
-        if let Some(done) = done {
-            let _ = done.await;
-        }
-    }
-
-    pub async fn finish(mut self) -> io::Result<SealedBlob> {
-        let _ = self.tx.send(Chunk::Finish).await;
-        self.outcome().await
-    }
-}
-
-fn stopped() -> io::Error {
-    io::Error::other("the encryption thread stopped")
 }
 
 fn random_id() -> io::Result<String> {
@@ -111,6 +65,7 @@ impl Vault {
             );
         }
         Ok(Vault {
+            pool: Arc::new(UploadPool::for_this_host()?),
             store,
             spool,
             recipients,
@@ -136,8 +91,8 @@ impl Vault {
         self.store.join(shard).join(format!("{blob}.age"))
     }
 
-    /// Starts an upload: a thread encrypts what [`UploadWriter::write`] sends and, with `scan`,
-    /// streams the same bytes to clamd.
+    /// Starts an upload: the pool encrypts what [`UploadWriter::write`] sends into a spool file
+    /// and, with `scan`, streams the same bytes to clamd.
     pub fn begin_upload(&self, scan: Option<InStream>) -> io::Result<UploadWriter> {
         let blob = random_id()?;
         let spool_path = self.spool.join(format!("{blob}.age.tmp"));
@@ -146,22 +101,14 @@ impl Vault {
             .create_new(true)
             .mode(0o600)
             .open(&spool_path)?;
-        let recipients = self.recipients.clone();
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let (done_tx, done) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("apgate-encrypt".into())
-            .spawn(move || {
-                let result = encrypt_stream(&recipients, file, rx, scan, blob, spool_path.clone());
-                if result.is_err() {
-                    let _ = fs::remove_file(&spool_path);
-                }
-                let _ = done_tx.send(result);
-            })?;
-        Ok(UploadWriter {
-            tx,
-            done: Some(done),
-        })
+        UploadWriter::start(
+            self.pool.clone(),
+            &self.recipients,
+            file,
+            scan,
+            blob,
+            spool_path,
+        )
     }
 
     /// Moves a sealed upload into the store. After this the database may refer to it.
@@ -234,138 +181,6 @@ impl Vault {
         let file = fs::File::open(self.blob_path(blob))?;
         stream::open(file, &self.identities)
     }
-}
-
-/// Buffers handed between the encryption thread and the file-writing thread.
-const WRITE_BUFFERS: usize = 4;
-
-/// The `Write` end of the file-writing thread: fills a buffer and hands it over when full, so
-/// the kernel's copy into the file runs beside the encryption instead of after it. Buffers come
-/// back through `pool` and are reused.
-struct FileWriterSink {
-    full: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
-    pool: std::sync::mpsc::Receiver<Vec<u8>>,
-    buf: Vec<u8>,
-    thread: Option<std::thread::JoinHandle<io::Result<()>>>,
-}
-
-impl FileWriterSink {
-    fn new(mut file: fs::File) -> io::Result<Self> {
-        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS);
-        let (pool_tx, pool) = std::sync::mpsc::sync_channel::<Vec<u8>>(WRITE_BUFFERS + 1);
-        for _ in 0..WRITE_BUFFERS {
-            let _ = pool_tx.send(Vec::with_capacity(IO_BUFFER));
-        }
-        let thread = std::thread::Builder::new()
-            .name("apgate-write".into())
-            .spawn(move || -> io::Result<()> {
-                for mut chunk in full_rx {
-                    file.write_all(&chunk)?;
-                    chunk.clear();
-                    let _ = pool_tx.send(chunk);
-                }
-                file.sync_all()
-            })?;
-        Ok(FileWriterSink {
-            full: Some(full_tx),
-            buf: pool.recv().unwrap_or_default(),
-            pool,
-            thread: Some(thread),
-        })
-    }
-
-    fn hand_over(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let next = self
-            .pool
-            .recv()
-            .unwrap_or_else(|_| Vec::with_capacity(IO_BUFFER));
-        let full = std::mem::replace(&mut self.buf, next);
-        let sent = self.full.as_ref().is_some_and(|tx| tx.send(full).is_ok());
-        if sent { Ok(()) } else { Err(self.stopped()) }
-    }
-
-    /// The writing thread's own error, once it has stopped.
-    fn stopped(&mut self) -> io::Error {
-        self.full = None;
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(Err(e))) => e,
-            _ => io::Error::other("the file-writing thread stopped"),
-        }
-    }
-
-    /// Writes what is left, waits for the thread and its fsync.
-    fn finish(mut self) -> io::Result<()> {
-        self.hand_over()?;
-        self.full = None;
-        match self.thread.take().map(|t| t.join()) {
-            Some(Ok(result)) => result,
-            _ => Err(io::Error::other("the file-writing thread panicked")),
-        }
-    }
-}
-
-impl Write for FileWriterSink {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let room = IO_BUFFER - self.buf.len();
-        let n = room.min(data.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() >= IO_BUFFER {
-            self.hand_over()?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn encrypt_stream(
-    recipients: &[age::x25519::Recipient],
-    file: fs::File,
-    mut rx: mpsc::Receiver<Chunk>,
-    mut scan: Option<InStream>,
-    blob: String,
-    spool_path: PathBuf,
-) -> io::Result<SealedBlob> {
-    let mut out = stream::seal(recipients, FileWriterSink::new(file)?)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        match rx.blocking_recv() {
-            Some(Chunk::Data(data)) => {
-                let mut rest = &data[..];
-                while !rest.is_empty() {
-                    let room = stream::CHUNK - (size % stream::CHUNK as u64) as usize;
-                    let (piece, after) = rest.split_at(room.min(rest.len()));
-                    hasher.update(piece);
-                    if let Some(scan) = &mut scan {
-                        scan.feed(piece);
-                    }
-                    out.write_all(piece)?;
-                    size += piece.len() as u64;
-                    rest = after;
-                }
-            }
-            Some(Chunk::Finish) => break,
-            None => return Err(io::Error::other("upload abandoned")),
-        }
-    }
-    // clamd scans while the file is synced.
-    if let Some(scan) = &mut scan {
-        scan.end();
-    }
-    out.finish()?.finish()?;
-    Ok(SealedBlob {
-        blob,
-        size,
-        sha256: hex::encode(hasher.finalize()),
-        scan: scan.map_or(Verdict::NotScanned, InStream::verdict),
-        spool_path,
-    })
 }
 
 /// A decrypting reader over one stored file, at any offset.
@@ -582,6 +397,7 @@ pub async fn reencrypt_all(gw: &std::sync::Arc<crate::gateway::Gateway>) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     async fn stored(vault: &Vault, content: &[u8]) -> SealedBlob {
         let mut w = vault.begin_upload(None).unwrap();

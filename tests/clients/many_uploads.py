@@ -3,7 +3,10 @@
 raw SFTP packets) and then writes BYTES to each in turn, without closing any. Prints the
 answers: `opened N refused M` and `written N failed M`.
 
-    many_uploads.py PORT USER KEY_FILE COUNT BYTES
+    many_uploads.py PORT USER KEY_FILE COUNT BYTES [SERVER_PID]
+
+With SERVER_PID, it also prints the server's thread count while the files are still open:
+`threads N`.
 """
 
 import struct
@@ -21,6 +24,7 @@ def string(b):
 
 def main():
     port, user, key_file, count, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    server_pid = sys.argv[6] if len(sys.argv) > 6 else None
     t = paramiko.Transport(("127.0.0.1", int(port)))
     t.connect(username=user, pkey=paramiko.Ed25519Key.from_private_key_file(key_file))
     chan = t.open_session()
@@ -73,6 +77,10 @@ def main():
         written += ok
         failed += not ok
     print(f"written {written} failed {failed}", flush=True)
+    if server_pid:
+        with open(f"/proc/{server_pid}/status") as f:
+            threads = next(line.split()[1] for line in f if line.startswith("Threads:"))
+        print(f"threads {threads}", flush=True)
     t.close()
 
 

@@ -1,0 +1,293 @@
+//! The upload pipeline: each upload's bytes are hashed, streamed to clamd when scanning is on,
+//! encrypted and written to its spool file by a small pool of threads shared by every upload
+//! (`UploadPool`), so threads do not grow with open handles. An upload has at most one batch in
+//! the pool at a time (its bytes stay in order) and at most [`MAX_PENDING`] bytes waiting
+//! behind it (back-pressure to the client beyond that).
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::SealedBlob;
+use super::stream::{self, SealWriter};
+use crate::scan::Verdict;
+use crate::scan::clamd::InStream;
+
+/// Bytes an upload may have waiting while its previous batch is in the pool.
+pub const MAX_PENDING: usize = 1 << 20;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of threads taking jobs in the order they come.
+pub struct UploadPool {
+    queue: Arc<(Mutex<VecDeque<Job>>, Condvar)>,
+}
+
+impl UploadPool {
+    /// `threads` workers (at least one), named `apgate-upload`.
+    pub fn new(threads: usize) -> io::Result<UploadPool> {
+        let queue: Arc<(Mutex<VecDeque<Job>>, Condvar)> = Arc::default();
+        for _ in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("apgate-upload".into())
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let (jobs, ready) = &*queue;
+                            let mut jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
+                            loop {
+                                if let Some(job) = jobs.pop_front() {
+                                    break job;
+                                }
+                                jobs = ready.wait(jobs).unwrap_or_else(|p| p.into_inner());
+                            }
+                        };
+                        job();
+                    }
+                })?;
+        }
+        Ok(UploadPool { queue })
+    }
+
+    /// Two workers per core: the work is CPU (hashing, encryption) and the kernel's copy into
+    /// the file.
+    pub fn for_this_host() -> io::Result<UploadPool> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        UploadPool::new((2 * cores).clamp(2, 32))
+    }
+
+    /// Runs `f` on a worker; the answer comes back through the receiver.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> oneshot::Receiver<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = tx.send(f());
+        });
+        let (jobs, ready) = &*self.queue;
+        jobs.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(job);
+        ready.notify_one();
+        rx
+    }
+}
+
+/// What an upload carries from one batch to the next.
+struct Sealing {
+    out: SealWriter<fs::File>,
+    hasher: Sha256,
+    size: u64,
+    scan: Option<InStream>,
+}
+
+impl Sealing {
+    fn take(&mut self, batch: &[Bytes]) -> io::Result<()> {
+        for data in batch {
+            let mut rest = &data[..];
+            while !rest.is_empty() {
+                // Pieces end where age's chunks end, so each is hashed, scanned and sealed
+                // while it is in the cache.
+                let room = stream::CHUNK - (self.size % stream::CHUNK as u64) as usize;
+                let (piece, after) = rest.split_at(room.min(rest.len()));
+                self.hasher.update(piece);
+                if let Some(scan) = &mut self.scan {
+                    scan.feed(piece);
+                }
+                self.out.write_all(piece)?;
+                self.size += piece.len() as u64;
+                rest = after;
+            }
+        }
+        Ok(())
+    }
+}
+
+type Batch = oneshot::Receiver<(Sealing, io::Result<()>)>;
+
+/// The writing end of an upload. Dropping it without [`UploadWriter::finish`] discards the file.
+/// After a failed write, only [`UploadWriter::abort`] is of use.
+pub struct UploadWriter {
+    pool: Arc<UploadPool>,
+    blob: String,
+    spool_path: PathBuf,
+    /// The state, when no batch of this upload is in the pool.
+    idle: Option<Sealing>,
+    in_pool: Option<Batch>,
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    failed: Option<io::Error>,
+}
+
+impl UploadWriter {
+    pub(super) fn start(
+        pool: Arc<UploadPool>,
+        recipients: &[age::x25519::Recipient],
+        file: fs::File,
+        scan: Option<InStream>,
+        blob: String,
+        spool_path: PathBuf,
+    ) -> io::Result<UploadWriter> {
+        let out = match stream::seal(recipients, file) {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = fs::remove_file(&spool_path);
+                return Err(e);
+            }
+        };
+        Ok(UploadWriter {
+            pool,
+            blob,
+            spool_path,
+            idle: Some(Sealing {
+                out,
+                hasher: Sha256::new(),
+                size: 0,
+                scan,
+            }),
+            in_pool: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            failed: None,
+        })
+    }
+
+    /// Waits for the batch in the pool, if any; its state is idle again afterwards.
+    async fn settle(&mut self) -> io::Result<()> {
+        if let Some(batch) = self.in_pool.take() {
+            match batch.await {
+                Ok((state, result)) => {
+                    self.idle = Some(state);
+                    if let Err(e) = result {
+                        self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+                        return Err(e);
+                    }
+                }
+                Err(_) => {
+                    self.failed = Some(io::Error::other("an upload worker stopped"));
+                    return Err(io::Error::other("an upload worker stopped"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands what is waiting to the pool, when nothing of this upload is there.
+    fn dispatch(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let Some(mut state) = self.idle.take() else {
+            return;
+        };
+        let batch = std::mem::take(&mut self.pending);
+        self.pending_bytes = 0;
+        self.in_pool = Some(self.pool.run(move || {
+            let result = state.take(&batch);
+            (state, result)
+        }));
+    }
+
+    fn check_failed(&self) -> io::Result<()> {
+        match &self.failed {
+            Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        self.check_failed()?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.pending_bytes += data.len();
+        self.pending.push(data);
+        // The batch in the pool may be done already: then this one goes at once.
+        if let Some(batch) = &mut self.in_pool
+            && let Ok((state, result)) = batch.try_recv()
+        {
+            self.in_pool = None;
+            self.idle = Some(state);
+            result.inspect_err(|e| {
+                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+            })?;
+        }
+        if self.in_pool.is_some() && self.pending_bytes >= MAX_PENDING {
+            self.settle().await?;
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Discards the upload and returns once its spool file is gone.
+    pub async fn abort(mut self) {
+        let _ = self.settle().await;
+        self.idle = None;
+        let _ = fs::remove_file(&self.spool_path);
+    }
+
+    /// Seals the last chunk, syncs the file and reads clamd's verdict.
+    pub async fn finish(mut self) -> io::Result<SealedBlob> {
+        let outcome = async {
+            self.check_failed()?;
+            self.settle().await?;
+            self.dispatch();
+            self.settle().await?;
+            let state = self
+                .idle
+                .take()
+                .ok_or_else(|| io::Error::other("the upload has already failed"))?;
+            let done = self
+                .pool
+                .run(move || -> io::Result<(u64, String, Verdict)> {
+                    let Sealing {
+                        out,
+                        hasher,
+                        size,
+                        mut scan,
+                    } = state;
+                    // clamd scans while the file is synced.
+                    if let Some(scan) = &mut scan {
+                        scan.end();
+                    }
+                    out.finish()?.sync_all()?;
+                    let verdict = scan.map_or(Verdict::NotScanned, InStream::verdict);
+                    Ok((size, hex::encode(hasher.finalize()), verdict))
+                });
+            done.await
+                .map_err(|_| io::Error::other("an upload worker stopped"))?
+        }
+        .await;
+        match outcome {
+            Ok((size, sha256, scan)) => Ok(SealedBlob {
+                blob: std::mem::take(&mut self.blob),
+                size,
+                sha256,
+                scan,
+                spool_path: std::mem::take(&mut self.spool_path),
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&self.spool_path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for UploadWriter {
+    fn drop(&mut self) {
+        // Not finished (a session that ended mid-upload): the spool file goes. A batch still in
+        // the pool finishes writing into the unlinked file and is dropped there.
+        if !self.spool_path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.spool_path);
+        }
+    }
+}
