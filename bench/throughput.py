@@ -304,14 +304,17 @@ def main():
     ap.add_argument("--sessions", type=int, default=200)
     ap.add_argument("--tmp", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--ciphers", default=",".join(CIPHERS), help="comma-separated OpenSSH cipher names")
+    ap.add_argument("--binary", help="an apgate binary to measure instead of building this checkout")
     ap.add_argument("--scan", action="store_true",
                     help="scan apgate's uploads with a clamd of the benchmark's own, and time clamdscan --stream")
     ap.add_argument("--download-to", choices=["null", "file"], default="null",
                     help="where the client writes downloads: /dev/null, or a file on --tmp")
     args = ap.parse_args()
 
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
-    binary = os.path.join(REPO, "target", "release", "apgate")
+    binary = args.binary
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=REPO, check=True)
+        binary = os.path.join(REPO, "target", "release", "apgate")
     work = tempfile.mkdtemp(prefix="apgate-bench-", dir=args.tmp)
     size = args.size_mib * 2**20
     src = os.path.join(work, "source.bin")

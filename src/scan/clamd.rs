@@ -1,4 +1,4 @@
-//! The client side of clamd's `INSTREAM` command, blocking, for the encryption thread: the
+//! The client side of clamd's `INSTREAM` command, blocking, for the upload pool: the
 //! command `zINSTREAM\0`, then chunks each led by its length as 4 big-endian bytes, then a
 //! zero length; clamd answers one NUL-terminated line. A unix socket or a TCP address.
 

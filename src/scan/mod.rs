@@ -1,6 +1,6 @@
 //! Malware scanning (SPEC §7): every upload streams to clamd while it is encrypted, and the
 //! verdict decides the commit. What a verdict means is decided here, in [`decide`]; the bytes go
-//! to clamd through [`clamd::InStream`] on the encryption thread (`vault`), and what a refusal
+//! to clamd through [`clamd::InStream`] on the upload pool (`vault`), and what a refusal
 //! leaves behind (audit, record, mail) is in [`refuse`].
 
 pub mod clamd;
