@@ -32,8 +32,10 @@ use crate::vault::keys::Keys;
 /// the drain task never blocks on it (that is what prevents the russh channel-queue deadlock),
 /// so a client that overruns it is disconnected.
 const QUEUED_REQUEST_COST: usize = 128;
-/// Bytes read from a client's socket at a time.
-const SOCKET_READ_BUFFER: usize = 64 * 1024;
+/// Bytes read from a client's socket at a time. Each connection holds this buffer: 64 KiB made
+/// 1,000 sessions peak at 141 MiB against 103 MiB with 16 KiB, at the same upload speed
+/// (docs/benchmarks.md).
+const SOCKET_READ_BUFFER: usize = 16 * 1024;
 
 /// A live session row that its process has not renewed for this long no longer counts against
 /// the user's limit (the process stopped). Processes renew theirs three times as often.
