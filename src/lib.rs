@@ -21,6 +21,7 @@ pub mod gateway;
 pub mod ingest;
 pub mod mail;
 pub mod metrics;
+pub mod pool;
 pub mod reports;
 pub mod retention;
 pub mod scan;

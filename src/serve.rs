@@ -21,7 +21,7 @@ pub async fn open_gateway(config: Config) -> anyhow::Result<(Arc<Gateway>, keys:
     let keys = keys::init(&config.keys_dir)?;
     let db = db::open(&config.database.url).await?;
     let vault = Vault::open(&config.data_dir, &keys, &config.escrow_recipients)?;
-    let guard = Guard::new(config.limits.clone());
+    let guard = Guard::new(config.limits.clone())?;
     Ok((Arc::new(Gateway::new(config, db, vault, guard)), keys))
 }
 

@@ -607,3 +607,48 @@ fn malformed_sftp_packets_get_a_status_or_end_the_session() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB");
     eprintln!("RSS grew by {grown} KiB over the malformed packets");
 }
+
+/// The peak resident memory of the gateway process, in KiB.
+fn server_peak_rss_kib(g: &Gateway) -> i64 {
+    let pid = g.server_pid().expect("a running gateway");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// 24 wrong passwords at once, each on a connection of its own: argon2 (19 MiB a check) runs
+/// on one thread per core behind a semaphore, each thread reusing its memory, so the gateway's
+/// peak memory grows by a few checks, not by all of them (these 24 logins grew it by 330 MiB
+/// with the checks on the blocking pool, and by 16 MiB a login on two threads that allocated
+/// fresh memory for each check), and every attempt is still answered.
+#[test]
+fn a_password_flood_runs_a_few_argon2_checks_at_a_time() {
+    let g = Gateway::start_with(
+        "limits: { connections_per_second: 500, ban_after_failures: 500, max_startups: 100, \
+         max_startups_per_address: 100 }",
+    );
+    g.add_password_user("pw-user", "school-a", "correct horse battery staple");
+    // One check first, so the allocator has taken its first argon2 block before the baseline.
+    assert!(!password_login_with(&g, "pw-user", "wrong", &[]).0);
+    let before = server_peak_rss_kib(&g);
+    let gw = &g;
+    std::thread::scope(|s| {
+        let logins: Vec<_> = (0..24)
+            .map(|i| {
+                s.spawn(move || password_login_with(gw, "pw-user", &format!("wrong-{i}"), &[]))
+            })
+            .collect();
+        for l in logins {
+            let (ok, out, _) = l.join().expect("login thread");
+            assert!(!ok, "{out}");
+            assert!(out.contains("Permission denied"), "answered: {out}");
+        }
+    });
+    let grown = server_peak_rss_kib(&g) - before;
+    eprintln!("peak RSS grew by {grown} KiB during 24 password checks at once");
+    assert!(grown < 150 * 1024, "peak RSS grew by {grown} KiB");
+    assert!(password_login_with(&g, "pw-user", "correct horse battery staple", &[]).0);
+}

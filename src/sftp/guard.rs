@@ -134,6 +134,10 @@ pub struct Guard {
     /// core, so that a flood of passwords queues here instead of taking the blocking pool that
     /// uploads and the database driver need.
     pub password_checks: tokio::sync::Semaphore,
+    /// The threads that run them: as many as the semaphore lets in, each keeping its argon2
+    /// memory for the next check (`ssh.rs`). On the blocking pool, with fresh memory for each
+    /// check, a flood of 24 password logins raised the peak RSS by some 330 MiB.
+    pub password_pool: crate::pool::Pool,
 }
 
 /// A live session: counted in the database against its user's limit and known to this process;
@@ -170,13 +174,14 @@ impl Drop for SessionTicket {
 }
 
 impl Guard {
-    pub fn new(limits: Limits) -> Arc<Guard> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        Arc::new(Guard {
+    pub fn new(limits: Limits) -> std::io::Result<Arc<Guard>> {
+        let checks = crate::pool::cores().min(4);
+        Ok(Arc::new(Guard {
             limits: Mutex::new(limits),
             state: Mutex::new(State::default()),
-            password_checks: tokio::sync::Semaphore::new(cores),
-        })
+            password_checks: tokio::sync::Semaphore::new(checks),
+            password_pool: crate::pool::Pool::new(checks, "apgate-password")?,
+        }))
     }
 
     /// The limits in force (replaced on reload).
@@ -339,7 +344,8 @@ mod tests {
         let g = Guard::new(Limits {
             connections_per_second: 2,
             ..Limits::default()
-        });
+        })
+        .unwrap();
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let admitted = (0..10).filter(|_| g.admit_connection(ip)).count();
         assert_eq!(admitted, 2, "a burst of the per-second rate, no more");
@@ -352,7 +358,8 @@ mod tests {
             max_startups: 3,
             max_startups_per_address: 2,
             ..Limits::default()
-        });
+        })
+        .unwrap();
         let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
             "127.0.0.1".parse().unwrap(),
             "127.0.0.2".parse().unwrap(),
@@ -374,7 +381,8 @@ mod tests {
         let g = Guard::new(Limits {
             uploads_per_user: 2,
             ..Limits::default()
-        });
+        })
+        .unwrap();
         let mut a = g.begin_upload(1, 10).unwrap();
         let mut b = g.begin_upload(1, 10).unwrap();
         assert!(g.begin_upload(1, 10).is_none(), "a third upload of user 1");

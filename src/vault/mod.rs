@@ -6,7 +6,7 @@ pub mod keys;
 pub(crate) mod stream;
 mod upload;
 
-pub use upload::{UploadPool, UploadWriter};
+pub use upload::UploadWriter;
 
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,7 +25,7 @@ const IO_BUFFER: usize = 256 * 1024;
 
 pub struct Vault {
     /// The threads that encrypt every upload.
-    pool: Arc<UploadPool>,
+    pool: Arc<crate::pool::Pool>,
     store: PathBuf,
     spool: PathBuf,
     recipients: Vec<age::x25519::Recipient>,
@@ -65,7 +65,11 @@ impl Vault {
             );
         }
         Ok(Vault {
-            pool: Arc::new(UploadPool::for_this_host()?),
+            // Two workers per core: hashing and encryption, and the kernel's copy into the file.
+            pool: Arc::new(crate::pool::Pool::new(
+                (2 * crate::pool::cores()).clamp(2, 32),
+                "apgate-upload",
+            )?),
             store,
             spool,
             recipients,

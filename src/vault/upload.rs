@@ -1,14 +1,13 @@
 //! The upload pipeline: each upload's bytes are hashed, streamed to clamd when scanning is on,
 //! encrypted and written to its spool file by a small pool of threads shared by every upload
-//! (`UploadPool`), so threads do not grow with open handles. An upload has at most one batch in
+//! ([`Pool`]), so threads do not grow with open handles. An upload has at most one batch in
 //! the pool at a time (its bytes stay in order) and at most [`MAX_PENDING`] bytes waiting
 //! behind it (back-pressure to the client beyond that).
 
-use std::collections::VecDeque;
 use std::fs;
 use std::io::{self, Write};
 use std::path::PathBuf;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -16,70 +15,12 @@ use tokio::sync::oneshot;
 
 use super::SealedBlob;
 use super::stream::{self, SealWriter};
+use crate::pool::Pool;
 use crate::scan::Verdict;
 use crate::scan::clamd::InStream;
 
 /// Bytes an upload may have waiting while its previous batch is in the pool.
 pub const MAX_PENDING: usize = 1 << 20;
-
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A fixed set of threads taking jobs in the order they come.
-pub struct UploadPool {
-    queue: Arc<(Mutex<VecDeque<Job>>, Condvar)>,
-}
-
-impl UploadPool {
-    /// `threads` workers (at least one), named `apgate-upload`.
-    pub fn new(threads: usize) -> io::Result<UploadPool> {
-        let queue: Arc<(Mutex<VecDeque<Job>>, Condvar)> = Arc::default();
-        for _ in 0..threads.max(1) {
-            let queue = queue.clone();
-            std::thread::Builder::new()
-                .name("apgate-upload".into())
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let (jobs, ready) = &*queue;
-                            let mut jobs = jobs.lock().unwrap_or_else(|p| p.into_inner());
-                            loop {
-                                if let Some(job) = jobs.pop_front() {
-                                    break job;
-                                }
-                                jobs = ready.wait(jobs).unwrap_or_else(|p| p.into_inner());
-                            }
-                        };
-                        job();
-                    }
-                })?;
-        }
-        Ok(UploadPool { queue })
-    }
-
-    /// Two workers per core: the work is CPU (hashing, encryption) and the kernel's copy into
-    /// the file.
-    pub fn for_this_host() -> io::Result<UploadPool> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        UploadPool::new((2 * cores).clamp(2, 32))
-    }
-
-    /// Runs `f` on a worker; the answer comes back through the receiver.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> oneshot::Receiver<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let _ = tx.send(f());
-        });
-        let (jobs, ready) = &*self.queue;
-        jobs.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(job);
-        ready.notify_one();
-        rx
-    }
-}
 
 /// What an upload carries from one batch to the next.
 struct Sealing {
@@ -116,7 +57,7 @@ type Batch = oneshot::Receiver<(Sealing, io::Result<()>)>;
 /// The writing end of an upload. Dropping it without [`UploadWriter::finish`] discards the file.
 /// After a failed write, only [`UploadWriter::abort`] is of use.
 pub struct UploadWriter {
-    pool: Arc<UploadPool>,
+    pool: Arc<Pool>,
     blob: String,
     spool_path: PathBuf,
     /// The state, when no batch of this upload is in the pool.
@@ -129,7 +70,7 @@ pub struct UploadWriter {
 
 impl UploadWriter {
     pub(super) fn start(
-        pool: Arc<UploadPool>,
+        pool: Arc<Pool>,
         recipients: &[age::x25519::Recipient],
         file: fs::File,
         scan: Option<InStream>,
