@@ -447,24 +447,38 @@ fn uploads_in_flight_are_bounded_and_share_the_quota() {
     assert!(text.contains("written 2 failed 1"), "{text}");
 }
 
-/// Sixty uploads open at once on one session, each part written: the gateway's threads do not
-/// grow with them (a pool encrypts every upload; it was two threads per upload).
+/// Thirty uploads and thirty downloads open at once on one session, each under way: the
+/// gateway's threads do not grow with them (one pool encrypts and decrypts for every transfer;
+/// it was two threads per upload and one per download).
 #[test]
-fn open_uploads_do_not_add_threads() {
+fn open_transfers_do_not_add_threads() {
     let g = Gateway::start_with(
         "limits: { connections_per_second: 200, ban_after_failures: 50, uploads_per_user: 64, \
          handles_per_session: 64 }",
     );
+    let notice = g.file("notice.pdf", &common::noise(2_000_000, 3));
+    g.sftp_ok(
+        "cap-user",
+        &format!(
+            "put {} /outbox/school-a/coordinator/notice.pdf\n",
+            notice.display()
+        ),
+    );
     let pid = g.server_pid().expect("running").to_string();
-    let text = hostile_client(&g, "many_uploads.py", &["60", "100000", &pid]);
-    assert!(text.contains("opened 60 refused 0"), "{text}");
-    assert!(text.contains("written 60 failed 0"), "{text}");
+    let text = hostile_client(
+        &g,
+        "many_uploads.py",
+        &["30", "100000", &pid, "/inbox/notice.pdf"],
+    );
+    assert!(text.contains("opened 30 refused 0"), "{text}");
+    assert!(text.contains("written 30 failed 0"), "{text}");
+    assert!(text.contains("reading 30"), "{text}");
     let threads: usize = text
         .lines()
         .find_map(|l| l.strip_prefix("threads "))
         .and_then(|n| n.trim().parse().ok())
         .expect("a thread count");
-    assert!(threads < 60, "{threads} threads with 60 uploads open");
+    assert!(threads < 40, "{threads} threads with 60 transfers open");
 }
 
 /// A failed password for a user that exists and for one that does not: the same answer, in the

@@ -783,7 +783,7 @@ impl SftpSession {
                             blob.size()
                         )));
                     }
-                    ReadAhead::new(blob)
+                    Ok(gw.vault.read_ahead(blob))
                 })
                 .await
                 .map_err(|e| FsError::Internal(e.into()))??;

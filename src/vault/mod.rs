@@ -2,22 +2,22 @@
 //! small pool of threads while it streams in; plaintext never reaches the disk. An upload is written
 //! to `spool/` and renamed into `store/` only when it is committed.
 
+mod download;
 pub mod keys;
 pub(crate) mod stream;
 mod upload;
 
+pub use download::{READ_AHEAD_CHUNK, ReadAhead};
 pub use upload::UploadWriter;
 
 use std::fs;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
-
-use tokio::sync::mpsc;
 
 use crate::scan::clamd::InStream;
 
@@ -180,6 +180,11 @@ impl Vault {
         result
     }
 
+    /// Decrypts `reader` ahead of a download's reads, on the pool that serves uploads.
+    pub fn read_ahead(&self, reader: BlobReader) -> ReadAhead {
+        ReadAhead::new(self.pool.clone(), reader)
+    }
+
     /// Opens a stored file for reading at any offset.
     pub fn open_blob(&self, blob: &str) -> io::Result<BlobReader> {
         let file = fs::File::open(self.blob_path(blob))?;
@@ -189,186 +194,6 @@ impl Vault {
 
 /// A decrypting reader over one stored file, at any offset.
 pub type BlobReader = stream::OpenReader;
-
-/// Plaintext bytes decrypted ahead of the reader per chunk (one OpenSSH read request).
-const READ_AHEAD_CHUNK: usize = 261_120;
-/// Chunks decrypted ahead.
-const READ_AHEAD_DEPTH: usize = 8;
-
-/// A decrypted chunk: the seek it answers, where it starts, and its plaintext (short or empty at
-/// the end of the file).
-type Decrypted = (u64, u64, io::Result<Vec<u8>>);
-
-/// Decrypts a stored file on a thread of its own, ahead of sequential reads, so a download's
-/// next reply is ready when it is asked for. A read elsewhere in the file sends the thread there;
-/// chunks it decrypted before it saw the seek are recognised by their seek number and dropped.
-/// The runtime never waits on the thread: chunks arrive through an async channel.
-pub struct ReadAhead {
-    chunks: mpsc::Receiver<Decrypted>,
-    seeks: std::sync::mpsc::Sender<(u64, u64)>,
-    /// Used buffers going back to the thread.
-    pool: std::sync::mpsc::SyncSender<Vec<u8>>,
-    /// The number of the last seek; only chunks that answer it are used.
-    seek: u64,
-    current: Option<(u64, Vec<u8>)>,
-    /// Where the thread's next chunk starts; `None` once it has sent the last one.
-    stream_at: Option<u64>,
-    size: u64,
-}
-
-impl ReadAhead {
-    pub fn new(mut reader: BlobReader) -> io::Result<ReadAhead> {
-        let size = reader.size();
-        let (tx, chunks) = mpsc::channel::<Decrypted>(READ_AHEAD_DEPTH);
-        let (seeks, seek_rx) = std::sync::mpsc::channel::<(u64, u64)>();
-        let (pool, pool_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(READ_AHEAD_DEPTH + 2);
-        std::thread::Builder::new()
-            .name("apgate-decrypt".into())
-            .spawn(move || {
-                let mut seek = 0;
-                // Moves the reader to seek `n`'s offset; false (the reader told) if it cannot.
-                let follow = |reader: &mut BlobReader, seek: &mut u64, (n, to): (u64, u64)| {
-                    *seek = n;
-                    match reader.seek(SeekFrom::Start(to)) {
-                        Ok(_) => true,
-                        Err(e) => {
-                            let _ = tx.blocking_send((n, to, Err(e)));
-                            false
-                        }
-                    }
-                };
-                loop {
-                    // Follow the newest seek, if any came.
-                    while let Ok(order) = seek_rx.try_recv() {
-                        if !follow(&mut reader, &mut seek, order) {
-                            return;
-                        }
-                    }
-                    let at = reader.position();
-                    let mut buf = pool_rx.try_recv().unwrap_or_default();
-                    buf.resize(READ_AHEAD_CHUNK, 0);
-                    let result = read_full(&mut reader, &mut buf).map(|n| {
-                        buf.truncate(n);
-                        buf
-                    });
-                    let last = result.as_ref().map_or(true, |b| b.len() < READ_AHEAD_CHUNK);
-                    let failed = result.is_err();
-                    if tx.blocking_send((seek, at, result)).is_err() || failed {
-                        return;
-                    }
-                    // At the end: wait for a seek, or for the reader to go.
-                    if last
-                        && !seek_rx
-                            .recv()
-                            .is_ok_and(|o| follow(&mut reader, &mut seek, o))
-                    {
-                        return;
-                    }
-                }
-            })?;
-        Ok(ReadAhead {
-            chunks,
-            seeks,
-            pool,
-            seek: 0,
-            current: None,
-            stream_at: Some(0),
-            size,
-        })
-    }
-
-    /// Hands `reply` the `len` bytes from `offset`, fewer only where the file ends; `None` at
-    /// or past the end. Some clients (libssh2, so curl) treat a short read in the middle of a
-    /// file as an error, so a read across two chunks is joined (the one case that copies twice).
-    pub async fn read_with<T>(
-        &mut self,
-        offset: u64,
-        len: usize,
-        reply: impl FnOnce(&[u8]) -> T,
-    ) -> io::Result<Option<T>> {
-        let mut joined = match self.ready(offset).await? {
-            None => return Ok(None),
-            Some(data) if data.len() >= len => return Ok(Some(reply(&data[..len]))),
-            Some(data) => {
-                let mut joined = Vec::with_capacity(len);
-                joined.extend_from_slice(data);
-                joined
-            }
-        };
-        while joined.len() < len {
-            match self.ready(offset + joined.len() as u64).await? {
-                None => break,
-                Some(data) => {
-                    let n = data.len().min(len - joined.len());
-                    joined.extend_from_slice(&data[..n]);
-                }
-            }
-        }
-        Ok(Some(reply(&joined)))
-    }
-
-    /// The plaintext from `offset` to the end of the chunk that holds it, waiting for the
-    /// thread if need be; `None` at or past the end of the file.
-    async fn ready(&mut self, offset: u64) -> io::Result<Option<&[u8]>> {
-        if offset >= self.size {
-            return Ok(None);
-        }
-        while !self
-            .current
-            .as_ref()
-            .is_some_and(|(start, data)| (*start..start + data.len() as u64).contains(&offset))
-        {
-            if self.stream_at != Some(offset) {
-                self.seek += 1;
-                self.stream_at = Some(offset);
-                self.seeks
-                    .send((self.seek, offset))
-                    .map_err(|_| io::Error::other("the decryption thread stopped"))?;
-            }
-            if let Some((_, used)) = self.current.take() {
-                let _ = self.pool.try_send(used);
-            }
-            let data = loop {
-                match self.chunks.recv().await {
-                    Some((seek, start, result)) if seek == self.seek => {
-                        let data = result?;
-                        if start != offset {
-                            return Err(io::Error::other(format!(
-                                "read-ahead out of step: chunk at {start}, wanted {offset}"
-                            )));
-                        }
-                        break data;
-                    }
-                    Some(_) => {}
-                    None => return Err(io::Error::other("the decryption thread stopped")),
-                }
-            };
-            self.stream_at = (data.len() == READ_AHEAD_CHUNK).then(|| offset + data.len() as u64);
-            if data.is_empty() {
-                return Ok(None);
-            }
-            self.current = Some((offset, data));
-        }
-        Ok(self
-            .current
-            .as_ref()
-            .map(|(start, data)| &data[(offset - start) as usize..]))
-    }
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(reader: &mut BlobReader, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
-}
 
 /// `apgate keys reencrypt`: every stored file not yet re-encrypted to the current recipient set,
 /// one at a time; each one is recorded (and audited) as soon as it is done, so a stopped run
@@ -448,7 +273,7 @@ mod tests {
             assert!(stored.starts_with(b"age-encryption.org/v1\n"));
 
             // Sequential, as OpenSSH reads.
-            let mut ra = ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
+            let mut ra = vault.read_ahead(vault.open_blob(&sealed.blob).unwrap());
             let mut got = Vec::new();
             loop {
                 let chunk = read(&mut ra, got.len() as u64, READ_AHEAD_CHUNK).await;
@@ -461,7 +286,7 @@ mod tests {
             assert!(read(&mut ra, len as u64 + 5, 10).await.is_empty());
 
             // Small reads, a jump back and a jump forward.
-            let mut ra = ReadAhead::new(vault.open_blob(&sealed.blob).unwrap()).unwrap();
+            let mut ra = vault.read_ahead(vault.open_blob(&sealed.blob).unwrap());
             for (offset, n) in [
                 (0usize, 10usize),
                 (10, 4096),

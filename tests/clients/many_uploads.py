@@ -3,10 +3,11 @@
 raw SFTP packets) and then writes BYTES to each in turn, without closing any. Prints the
 answers: `opened N refused M` and `written N failed M`.
 
-    many_uploads.py PORT USER KEY_FILE COUNT BYTES [SERVER_PID]
+    many_uploads.py PORT USER KEY_FILE COUNT BYTES [SERVER_PID [READ_PATH]]
 
 With SERVER_PID, it also prints the server's thread count while the files are still open:
-`threads N`.
+`threads N`; with READ_PATH, it first opens READ_PATH for reading COUNT times as well and reads
+a little from each (`reading N`).
 """
 
 import struct
@@ -14,7 +15,7 @@ import sys
 
 import paramiko
 
-FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_WRITE, FXP_STATUS, FXP_HANDLE = 1, 2, 3, 6, 101, 102
+FXP_INIT, FXP_VERSION, FXP_OPEN, FXP_READ, FXP_WRITE, FXP_STATUS, FXP_HANDLE, FXP_DATA = 1, 2, 3, 5, 6, 101, 102, 103
 FXF_WRITE, FXF_CREAT, FXF_TRUNC = 0x02, 0x08, 0x10
 
 
@@ -25,6 +26,7 @@ def string(b):
 def main():
     port, user, key_file, count, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     server_pid = sys.argv[6] if len(sys.argv) > 6 else None
+    read_path = sys.argv[7].encode() if len(sys.argv) > 7 else None
     t = paramiko.Transport(("127.0.0.1", int(port)))
     t.connect(username=user, pkey=paramiko.Ed25519Key.from_private_key_file(key_file))
     chan = t.open_session()
@@ -77,6 +79,19 @@ def main():
         written += ok
         failed += not ok
     print(f"written {written} failed {failed}", flush=True)
+    if read_path:
+        reading = 0
+        for i in range(count):
+            send(FXP_OPEN, struct.pack(">I", 200000 + i) + string(read_path) + struct.pack(">I", 0x01)
+                 + struct.pack(">I", 0))
+            kind, body = recv()
+            if kind != FXP_HANDLE:
+                continue
+            (n,) = struct.unpack(">I", body[4:8])
+            send(FXP_READ, struct.pack(">I", 300000 + i) + string(body[8:8 + n]) + struct.pack(">QI", 0, 1000))
+            kind, _ = recv()
+            reading += kind == FXP_DATA
+        print(f"reading {reading}", flush=True)
     if server_pid:
         with open(f"/proc/{server_pid}/status") as f:
             threads = next(line.split()[1] for line in f if line.startswith("Threads:"))
