@@ -450,4 +450,50 @@ fn clamd_over_tcp_and_a_clamd_that_never_answers() {
     assert!(log.contains("clamd gave no answer within 2 s"), "{log}");
     assert!(log.contains("failed while sending"), "{log}");
     assert!(listing(&g, "cap-user", "/inbox/school-a").is_empty());
+
+    // With `deliver`, the same silent clamd delays uploads by the time-out; eight of them at
+    // once hold every upload worker, and a download still goes at once (a pool of its own).
+    let g = Gateway::start_with(&format!(
+        "scan: {{ clamd: \"unix:{}\", timeout_s: 6, on_error: deliver }}\n\
+         limits: {{ connections_per_second: 200, ban_after_failures: 50, uploads_per_user: 16 }}\n",
+        socket.display()
+    ));
+    let letter = noise(3 << 20, 4);
+    let f = g.file("letter.bin", &letter);
+    g.sftp_ok(
+        "cap-user",
+        &format!(
+            "put {} /outbox/school-a/coordinator/letter.bin\n",
+            f.display()
+        ),
+    );
+    let big = g.file("big.bin", &noise(8 << 20, 9));
+    let uploads: Vec<_> = (0..8)
+        .map(|i| {
+            g.spawn_script(
+                "school-b-user",
+                &[],
+                &format!("put {} /outbox/coordinator/big-{i}.bin\n", big.display()),
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let got = g.path("letter-got.bin");
+    g.sftp_ok(
+        "school-a-user",
+        &format!("get /inbox/letter.bin {}\n", got.display()),
+    );
+    let took = started.elapsed();
+    assert!(std::fs::read(&got).unwrap() == letter);
+    assert!(
+        took < Duration::from_secs(4),
+        "a download waited {took:?} behind uploads held by clamd"
+    );
+    for mut u in uploads {
+        assert!(
+            u.wait().unwrap().success(),
+            "delivered unscanned after the time-out"
+        );
+    }
 }

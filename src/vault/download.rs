@@ -1,5 +1,5 @@
-//! Downloads: a stored file is decrypted ahead of sequential reads by the same pool as uploads,
-//! a few chunks per job, so a download's next reply is ready when it is asked for and threads do
+//! Downloads: a stored file is decrypted ahead of sequential reads by the download pool, a few
+//! chunks per job, so a download's next reply is ready when it is asked for and threads do
 //! not grow with open read handles. A read elsewhere in the file moves the reader there.
 
 use std::collections::VecDeque;

@@ -24,8 +24,11 @@ use crate::scan::clamd::InStream;
 const IO_BUFFER: usize = 256 * 1024;
 
 pub struct Vault {
-    /// The threads that encrypt every upload.
+    /// The threads that hash, scan and encrypt every upload.
     pool: Arc<crate::pool::Pool>,
+    /// The threads that decrypt ahead of every download: a pool of their own, so that uploads
+    /// waiting on a slow clamd never hold a download back.
+    read_pool: Arc<crate::pool::Pool>,
     store: PathBuf,
     spool: PathBuf,
     recipients: Vec<age::x25519::Recipient>,
@@ -64,12 +67,12 @@ impl Vault {
                     .map_err(|e| anyhow::anyhow!("escrow recipient `{r}`: {e}"))?,
             );
         }
+        // Two workers per core each: the work is CPU (hashing, the ciphers) and the kernel's
+        // copies into and out of the files.
+        let workers = (2 * crate::pool::cores()).clamp(2, 32);
         Ok(Vault {
-            // Two workers per core: hashing and encryption, and the kernel's copy into the file.
-            pool: Arc::new(crate::pool::Pool::new(
-                (2 * crate::pool::cores()).clamp(2, 32),
-                "apgate-upload",
-            )?),
+            pool: Arc::new(crate::pool::Pool::new(workers, "apgate-upload")?),
+            read_pool: Arc::new(crate::pool::Pool::new(workers, "apgate-download")?),
             store,
             spool,
             recipients,
@@ -180,9 +183,9 @@ impl Vault {
         result
     }
 
-    /// Decrypts `reader` ahead of a download's reads, on the pool that serves uploads.
+    /// Decrypts `reader` ahead of a download's reads, on the download pool.
     pub fn read_ahead(&self, reader: BlobReader) -> ReadAhead {
-        ReadAhead::new(self.pool.clone(), reader)
+        ReadAhead::new(self.read_pool.clone(), reader)
     }
 
     /// Opens a stored file for reading at any offset.
