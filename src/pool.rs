@@ -1,5 +1,6 @@
 //! A fixed set of threads for blocking work that must not grow with the number of clients:
-//! the upload pipeline (`vault::upload`) and password checks (`sftp::guard`). Jobs run in the
+//! uploads (`vault::upload`), downloads (`vault::download`) and password checks
+//! (`sftp::guard`), a pool each. Jobs run in the
 //! order they come; a job's answer comes back through a oneshot channel.
 
 use std::collections::VecDeque;
