@@ -166,36 +166,20 @@ impl InStream {
         let sent = conn
             .write_all(&len.to_be_bytes())
             .and_then(|()| conn.write_all(&data[..len as usize]));
-        if let Err(e) = sent {
-            self.state = State::Failed(self.why_closed(e));
+        if let Err(e) = sent
+            && let State::Open(conn) = std::mem::replace(&mut self.state, State::Idle)
+        {
+            self.state = State::Failed(why_closed(conn, e));
         }
-    }
-
-    /// clamd closes a stream it will not take (its `StreamMaxLength`) after saying why; the
-    /// reason is read when it is there.
-    fn why_closed(&mut self, e: io::Error) -> String {
-        let state = std::mem::replace(&mut self.state, State::Idle);
-        if let State::Open(mut conn) = state {
-            let _ = conn.set_read_timeout(Duration::from_millis(500));
-            if let Some(Verdict::Failed(why)) = read_reply(&mut conn).ok().map(|r| parse_reply(&r))
-            {
-                return why;
-            }
-        }
-        format!("the connection to clamd failed while sending: {e}")
     }
 
     /// Sends the end of the file; clamd starts scanning while the caller finishes its own work.
     pub fn end(&mut self) {
         self.connect();
-        let state = std::mem::replace(&mut self.state, State::Idle);
-        self.state = match state {
+        self.state = match std::mem::replace(&mut self.state, State::Idle) {
             State::Open(mut conn) => match conn.write_all(&[0, 0, 0, 0]) {
                 Ok(()) => State::Ended(conn),
-                Err(e) => {
-                    self.state = State::Open(conn);
-                    State::Failed(self.why_closed(e))
-                }
+                Err(e) => State::Failed(why_closed(conn, e)),
             },
             other => other,
         };
@@ -223,6 +207,16 @@ impl InStream {
             State::Failed(why) => Verdict::Failed(why),
             State::Idle | State::Open(_) => Verdict::Failed("the scan was not finished".into()),
         }
+    }
+}
+
+/// Why a write to clamd failed. clamd closes a stream it will not take (its `StreamMaxLength`)
+/// after saying why; the reason is read when it is there.
+fn why_closed(mut conn: Conn, e: io::Error) -> String {
+    let _ = conn.set_read_timeout(Duration::from_millis(500));
+    match read_reply(&mut conn).map(|r| parse_reply(&r)) {
+        Ok(Verdict::Failed(why)) => why,
+        _ => format!("the connection to clamd failed while sending: {e}"),
     }
 }
 

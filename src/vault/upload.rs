@@ -65,7 +65,8 @@ pub struct UploadWriter {
     in_pool: Option<Batch>,
     pending: Vec<Bytes>,
     pending_bytes: usize,
-    failed: Option<io::Error>,
+    /// Why the upload failed: every later call says so again.
+    failed: Option<(io::ErrorKind, String)>,
 }
 
 impl UploadWriter {
@@ -101,24 +102,33 @@ impl UploadWriter {
         })
     }
 
+    /// Takes back the state a batch returned; its error, if any, fails the upload for good.
+    fn absorb(
+        &mut self,
+        done: Result<(Sealing, io::Result<()>), oneshot::error::RecvError>,
+    ) -> io::Result<()> {
+        let result = match done {
+            Ok((state, result)) => {
+                self.idle = Some(state);
+                result
+            }
+            Err(_) => Err(io::Error::other("an upload worker stopped")),
+        };
+        if let Err(e) = &result {
+            self.failed = Some((e.kind(), e.to_string()));
+        }
+        result
+    }
+
     /// Waits for the batch in the pool, if any; its state is idle again afterwards.
     async fn settle(&mut self) -> io::Result<()> {
-        if let Some(batch) = self.in_pool.take() {
-            match batch.await {
-                Ok((state, result)) => {
-                    self.idle = Some(state);
-                    if let Err(e) = result {
-                        self.failed = Some(io::Error::new(e.kind(), e.to_string()));
-                        return Err(e);
-                    }
-                }
-                Err(_) => {
-                    self.failed = Some(io::Error::other("an upload worker stopped"));
-                    return Err(io::Error::other("an upload worker stopped"));
-                }
+        match self.in_pool.take() {
+            Some(batch) => {
+                let done = batch.await;
+                self.absorb(done)
             }
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Hands what is waiting to the pool, when nothing of this upload is there.
@@ -139,7 +149,7 @@ impl UploadWriter {
 
     fn check_failed(&self) -> io::Result<()> {
         match &self.failed {
-            Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+            Some((kind, why)) => Err(io::Error::new(*kind, why.clone())),
             None => Ok(()),
         }
     }
@@ -152,14 +162,9 @@ impl UploadWriter {
         self.pending_bytes += data.len();
         self.pending.push(data);
         // The batch in the pool may be done already: then this one goes at once.
-        if let Some(batch) = &mut self.in_pool
-            && let Ok((state, result)) = batch.try_recv()
-        {
+        if let Some(done) = self.in_pool.as_mut().and_then(|b| b.try_recv().ok()) {
             self.in_pool = None;
-            self.idle = Some(state);
-            result.inspect_err(|e| {
-                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
-            })?;
+            self.absorb(Ok(done))?;
         }
         if self.in_pool.is_some() && self.pending_bytes >= MAX_PENDING {
             self.settle().await?;
