@@ -523,15 +523,20 @@ fn unknown_and_known_users_get_the_same_answer_in_the_same_time() {
     );
 }
 
-/// The resident memory of the gateway process, in KiB.
-fn server_rss_kib(g: &Gateway) -> i64 {
+/// A memory figure of the gateway process from /proc (`VmRSS`, `VmHWM`), in KiB.
+fn server_memory_kib(g: &Gateway, field: &str) -> i64 {
     let pid = g.server_pid().expect("a running gateway");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// The resident memory of the gateway process, in KiB.
+fn server_rss_kib(g: &Gateway) -> i64 {
+    server_memory_kib(g, "VmRSS")
 }
 
 /// Twenty-eight malformed or hostile SFTP packets, each on a session of its own, then one
@@ -624,13 +629,7 @@ fn malformed_sftp_packets_get_a_status_or_end_the_session() {
 
 /// The peak resident memory of the gateway process, in KiB.
 fn server_peak_rss_kib(g: &Gateway) -> i64 {
-    let pid = g.server_pid().expect("a running gateway");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
+    server_memory_kib(g, "VmHWM")
 }
 
 /// 24 wrong passwords at once, each on a connection of its own: argon2 (19 MiB a check) runs
