@@ -161,6 +161,12 @@ crate::on_both_backends! {
         let delivered: Vec<_> = hub_rows.iter().filter(|r| r["scan"] != "refused").collect();
         assert_eq!(delivered.len(), 1);
         assert_eq!(delivered[0]["scan"], "clean");
+        // A refused DSL file is the DSL's to see: a coordinator-only hub user does not.
+        g.add_user("cap-coord", "cap", &["coordinator"]);
+        let coord_rows = report_rows(&g, "cap-coord", "transfers.csv");
+        let coord_refused: Vec<_> = coord_rows.iter().filter(|r| r["scan"] == "refused").collect();
+        assert_eq!(coord_refused.len(), 4, "{coord_rows:?}");
+        assert!(coord_refused.iter().all(|r| r["role"] == "coordinator"));
         let school_rows = report_rows(&g, "school-a-user", "transfers.csv");
         assert_eq!(school_rows.len(), 1, "a sender sees only what was delivered: {school_rows:?}");
         assert_eq!(school_rows[0]["scan"], "clean");
